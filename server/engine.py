@@ -1,0 +1,290 @@
+"""The engine: owns the model, the KV cache and the scheduler, and steps them on its own thread.
+
+    step() = schedule -> run the model -> postprocess
+
+Other threads talk to it only through `submit` and `abort` (queued and applied between steps); results
+go back through each request's sink, called on the engine thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from .config import EngineConfig, Limits, resolve_limits
+from .kv_cache import BlockAllocator, KVCache
+from .model_runner import ModelRunner
+from .models.attention import TorchAttention
+from .models.loader import build_model, check_model_folder, load_config, resolve_model_path
+from .placement import choose_device, choose_dtype, kv_cache_blocks
+from .request import OutputSink, Request, RequestOutput, RequestStatus, SamplingParams
+from .scheduler import ScheduledBatch, Scheduler
+from .tokenizer import IncrementalDetokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+_MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine is serving, for the startup line and /info."""
+
+    model_id: str
+    model_path: str
+    architecture: str
+    dtype: str
+    device: str
+    block_size: int
+    num_kv_blocks: int
+    kv_cache_bytes: int
+    limits: Limits
+    max_batch_prefill_tokens: int
+    max_batch_size: int
+    max_stop_sequences: int
+    vocab_size: int
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.num_kv_blocks * self.block_size
+
+    def summary(self) -> str:
+        return (
+            f"model={self.model_id} architecture={self.architecture} dtype={self.dtype} device={self.device} "
+            f"kv_blocks={self.num_kv_blocks} kv_tokens={self.kv_cache_tokens} "
+            f"kv_memory={self.kv_cache_bytes / 2**20:.1f}MiB block_size={self.block_size} "
+            f"max_input_length={self.limits.max_input_length} max_total_tokens={self.limits.max_total_tokens} "
+            f"max_batch_prefill_tokens={self.max_batch_prefill_tokens} max_batch_size={self.max_batch_size}"
+        )
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        path = resolve_model_path(config.model_id, config.revision)
+        check_model_folder(path)
+        model_config = load_config(path)
+        self.device = choose_device(config.device)
+        self.dtype = choose_dtype(config.dtype, model_config, self.device)
+        self.tokenizer = load_tokenizer(path)
+        self.model = build_model(path, model_config, TorchAttention(), self.dtype, self.device)
+        shape = self.model.shape
+        self.limits = resolve_limits(config, shape.max_positions)
+        num_blocks = kv_cache_blocks(config, shape, self.dtype, self.device, self.limits.max_total_tokens)
+        self.kv_cache = KVCache(
+            shape.num_layers,
+            num_blocks,
+            config.block_size,
+            shape.num_kv_heads,
+            shape.head_dim,
+            self.dtype,
+            self.device,
+        )
+        self.model.attach_kv_cache(self.kv_cache.layers())
+        self.allocator = BlockAllocator(num_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            self.allocator,
+            config.max_batch_prefill_tokens,
+            config.max_batch_size,
+            eos_token_ids=_eos_token_ids(model_config, self.tokenizer),
+        )
+        self.runner = ModelRunner(self.model, config.block_size, self.device)
+        self.info = EngineInfo(
+            model_id=config.model_id,
+            model_path=str(path),
+            architecture=shape.architecture,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=str(self.device),
+            block_size=config.block_size,
+            num_kv_blocks=num_blocks,
+            kv_cache_bytes=self.kv_cache.nbytes,
+            limits=self.limits,
+            max_batch_prefill_tokens=config.max_batch_prefill_tokens,
+            max_batch_size=config.max_batch_size,
+            max_stop_sequences=config.max_stop_sequences,
+            vocab_size=shape.vocab_size,
+        )
+        self._requests: dict[str, Request] = {}
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._consecutive_failures = 0
+        self.fatal_error: str | None = None
+        self.num_steps = 0
+
+    # ---- requests -------------------------------------------------------------------------------
+    def make_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        sink: OutputSink | None = None,
+        request_id: str | None = None,
+        adapter_id: str | None = None,
+    ) -> Request:
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        request = Request(
+            request_id=request_id or uuid.uuid4().hex,
+            prompt_token_ids=list(prompt_token_ids),
+            params=params,
+            seed=seed,
+            adapter_id=adapter_id,
+            sink=sink,
+        )
+        request.detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, params.stop)
+        return request
+
+    def submit(self, request: Request) -> None:
+        """Queue a request (any thread); it joins the batch at the next step."""
+        self._commands.put(("add", request))
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request (any thread) and free its KV blocks at the next step boundary."""
+        self._commands.put(("abort", request_id))
+
+    def _apply_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=0.05) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, payload = command
+            if kind == "add":
+                self._add(payload)
+            elif kind == "abort" and self._requests.pop(payload, None) is not None:
+                self.scheduler.abort(payload)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, request: Request) -> None:
+        problem = self.check_lengths(request.num_prompt_tokens, request.params.max_new_tokens)
+        self._requests[request.request_id] = request
+        if problem is None:
+            self.scheduler.add(request)
+            return
+        request.status = RequestStatus.FINISHED
+        self._deliver([_error_output(request, problem, "validation")])
+
+    def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        """Why a request of this size can never be served, or None if it can."""
+        limits = self.limits
+        if prompt_tokens == 0:
+            return "`inputs` cannot be empty"
+        if prompt_tokens > limits.max_input_length:
+            return f"`inputs` must have less than {limits.max_input_length} tokens. Given: {prompt_tokens}"
+        if prompt_tokens + max_new_tokens > limits.max_total_tokens:
+            return (
+                f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
+                f"Given: {prompt_tokens} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
+            )
+        return None
+
+    # ---- stepping -------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Apply queued commands, run one batch, deliver its outputs. Engine thread only."""
+        self._apply_commands(block=False)
+        batch = self.scheduler.schedule()
+        if not batch.rows:
+            return []
+        try:
+            token_ids, logprobs = self.runner.run(batch)
+        except Exception as error:  # noqa: BLE001 - a failed step fails its requests, not the engine
+            return self._fail_batch(batch, error)
+        self._consecutive_failures = 0
+        self.num_steps += 1
+        outputs = self.scheduler.postprocess(batch, token_ids, logprobs)
+        self._deliver(outputs)
+        return outputs
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            request = self._requests.get(output.request_id)
+            if request is None:
+                continue
+            if request.first_token_time is None:
+                request.first_token_time = time.monotonic()
+            if output.finished:
+                del self._requests[output.request_id]
+            if request.sink is not None:
+                request.sink(output)
+
+    def _fail_batch(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
+        logger.exception("engine step failed")
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
+            self.fatal_error = f"{type(error).__name__}: {error}"
+        outputs = []
+        requests = [row.request for row in batch.rows]
+        if self.fatal_error:
+            requests = list(self._requests.values())
+        for request in requests:
+            self.scheduler.abort(request.request_id)
+            message = f"generation failed: {type(error).__name__}: {error}"
+            outputs.append(_error_output(request, message, "generation"))
+        self._deliver(outputs)
+        return outputs
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # ---- thread ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="loraplex-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._apply_commands(block=not self.scheduler.has_work)
+            if self.scheduler.has_work and self.fatal_error is None:
+                self.step()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ---- convenience for tests, benchmarks and scripts ----------------------------------------------
+    def generate(self, requests: list[Request]) -> list[Request]:
+        """Run the given requests to completion on the calling thread (the engine thread must not run)."""
+        for request in requests:
+            self.submit(request)
+        self._apply_commands(block=False)
+        while self.scheduler.has_work:
+            self.step()
+        return requests
+
+
+def _error_output(request: Request, message: str, error_type: str) -> RequestOutput:
+    return RequestOutput(
+        request_id=request.request_id,
+        token=None,
+        finished=True,
+        prompt_tokens=request.num_prompt_tokens,
+        generated_tokens=request.num_output_tokens,
+        seed=request.seed,
+        error=message,
+        error_type=error_type,
+    )
+
+
+def _eos_token_ids(model_config, tokenizer) -> frozenset[int]:
+    ids = set()
+    declared = getattr(model_config, "eos_token_id", None)
+    if isinstance(declared, int):
+        ids.add(declared)
+    elif isinstance(declared, list | tuple):
+        ids.update(declared)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

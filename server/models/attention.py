@@ -1,0 +1,140 @@
+"""Paged attention: the metadata one step needs, and the PyTorch backend that runs on CPU and CUDA.
+
+KV cache layout per layer: k_cache, v_cache [num_blocks, block_size, H_kv, d]. Token i of a sequence lives
+in block block_table[i // block_size] at offset i % block_size; `slot_mapping[t]` is the flat index
+(block * block_size + offset) where step token t writes its key and value.
+
+A backend is any object with `forward(q, k, v, k_cache, v_cache, metadata, scale, sliding_window)`; the
+model only talks to that seam, so a GPU kernel can replace `TorchAttention` without touching model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything attention needs for one flattened step of B sequences and T tokens.
+
+    slot_mapping [T] int64: flat cache slot of each new token.
+    positions [T] int64: absolute position of each new token.
+    query_lens, context_lens: per sequence, new tokens this step and total tokens after it (host ints).
+    query_starts: per sequence, offset of its first new token in the flattened step (host ints).
+    block_tables [B, max_blocks] int64: cache blocks of each sequence, padded with 0.
+    decode_rows [Bd] int64: indices of sequences with exactly one new token (batched together).
+    decode_token_index [Bd] int64: their token index in the step.
+    decode_context_lens [Bd] int64 and decode_max_context (host int): their context lengths.
+    prefill_rows: the other sequences (host ints), attended one at a time.
+    """
+
+    slot_mapping: torch.Tensor
+    positions: torch.Tensor
+    query_lens: list[int]
+    context_lens: list[int]
+    query_starts: list[int]
+    block_tables: torch.Tensor
+    decode_rows: torch.Tensor
+    decode_token_index: torch.Tensor
+    decode_context_lens: torch.Tensor
+    decode_max_context: int
+    prefill_rows: list[int]
+
+
+class AttentionBackend(Protocol):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor: ...
+
+
+def _allowed_keys(query_positions: torch.Tensor, num_keys: int, sliding_window: int | None) -> torch.Tensor:
+    """Bool mask [..., q, num_keys]: key j is visible to a query at position p iff j <= p (and p - j < window)."""
+    keys = torch.arange(num_keys, device=query_positions.device)
+    visible = keys <= query_positions.unsqueeze(-1)
+    if sliding_window is not None:
+        visible &= query_positions.unsqueeze(-1) - keys < sliding_window
+    return visible
+
+
+class TorchAttention:
+    """Paged attention in plain PyTorch: decodes batched in one SDPA call, prefill chunks one sequence each."""
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
+        """q [T, H, d], k/v [T, H_kv, d] (this step's tokens) -> out [T, H, d].
+
+        out[t] = softmax(q[t] . K^T * scale + mask) V over the sequence's cached keys, causal.
+        """
+        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        out = torch.empty_like(q)
+        if metadata.decode_rows.numel():
+            self._decode(q, k_cache, v_cache, metadata, scale, sliding_window, out)
+        for row in metadata.prefill_rows:
+            self._prefill(row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out)
+        return out
+
+    def _decode(self, q, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
+        block_size = k_cache.shape[1]
+        num_blocks = (metadata.decode_max_context + block_size - 1) // block_size
+        blocks = metadata.block_tables[metadata.decode_rows, :num_blocks]
+        batch = blocks.shape[0]
+        keys = k_cache[blocks].reshape(batch, -1, k_cache.shape[2], k_cache.shape[3])
+        values = v_cache[blocks].reshape(batch, -1, v_cache.shape[2], v_cache.shape[3])
+        query_positions = (metadata.decode_context_lens - 1).unsqueeze(-1)
+        mask = _allowed_keys(query_positions, keys.shape[1], sliding_window).unsqueeze(1)
+        query = q[metadata.decode_token_index].unsqueeze(2)
+        attended = F.scaled_dot_product_attention(
+            query,
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[metadata.decode_token_index] = attended.squeeze(2)
+
+    def _prefill(self, row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
+        start, length = metadata.query_starts[row], metadata.query_lens[row]
+        context = metadata.context_lens[row]
+        query = q[start : start + length].transpose(0, 1).unsqueeze(0)
+        if context == length:
+            keys, values = k[start : start + length], v[start : start + length]
+        else:
+            block_size = k_cache.shape[1]
+            blocks = metadata.block_tables[row, : (context + block_size - 1) // block_size]
+            keys = k_cache[blocks].flatten(0, 1)[:context]
+            values = v_cache[blocks].flatten(0, 1)[:context]
+        query_positions = torch.arange(context - length, context, device=q.device)
+        mask = _allowed_keys(query_positions, context, sliding_window)
+        attended = F.scaled_dot_product_attention(
+            query,
+            keys.transpose(0, 1).unsqueeze(0),
+            values.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[start : start + length] = attended.squeeze(0).transpose(0, 1)

@@ -1,0 +1,72 @@
+"""Model building blocks: RMSNorm, the LoRA-aware linear layer, and the gated MLP activation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .context import get_forward_context
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), computed in float32 and cast back, as transformers does."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size, dtype=dtype, device=device), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class LoRALinear(nn.Module):
+    """y = x W^T + b, plus every token's own LoRA delta.
+
+    A fused projection (q/k/v, gate/up) has several output slices; `out_slices` gives their widths, and
+    adapters are stacked per slice so one kernel launch serves all of them. `lora_key` names this
+    projection group ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") for the adapter weights.
+    With no adapter in the step (context.lora is None) this is exactly a linear layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_slices: tuple[int, ...],
+        bias: bool,
+        lora_key: str,
+        layer_index: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_slices = out_slices
+        self.lora_key = lora_key
+        self.layer_index = layer_index
+        out_features = sum(out_slices)
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        lora = get_forward_context().lora
+        if lora is not None:
+            lora.apply(y, x, self.layer_index, self.lora_key)
+        return y
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] -> [T, I]: silu(gate) * up."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -1,0 +1,174 @@
+"""Turns a step's logits into next tokens, each row with its own parameters, in a few batched ops.
+
+Order per row (as transformers/TGI): repetition penalty, frequency/presence penalty, then for sampling
+rows temperature -> top-k -> top-p -> typical-p, then a draw. Greedy rows take the argmax.
+
+Seeded draws are reproducible whatever else is in the batch: row i draws by inverse CDF with
+u_i = hash(seed_i, n_i), n_i being how many tokens the request has generated; no generator state is
+shared between rows, and no host sync is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .request import Request
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniform_for(seed: int, step: int) -> float:
+    """A uniform number in [0, 1) determined by (seed, step) alone."""
+    return (_splitmix64(_splitmix64(seed & _MASK64) ^ step) >> 11) * (1.0 / (1 << 53))
+
+
+@dataclass
+class SamplingBatch:
+    """The sampling parameters of B rows as tensors, plus host flags that let us skip unused stages."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    typical_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    frequency_penalty: torch.Tensor
+    presence_penalty: torch.Tensor
+    sampling: torch.Tensor
+    uniforms: torch.Tensor
+    all_tokens: torch.Tensor | None
+    output_tokens: torch.Tensor | None
+    max_top_k: int
+    any_sampling: bool
+    any_top_p: bool
+    any_typical_p: bool
+
+    @classmethod
+    def build(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
+        params = [r.params for r in requests]
+
+        def floats(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)
+
+        repetition = [p.repetition_penalty for p in params]
+        frequency = [p.frequency_penalty for p in params]
+        presence = [p.presence_penalty for p in params]
+        all_tokens = output_tokens = None
+        if any(v != 1.0 for v in repetition):
+            all_tokens = _pad([r.token_ids for r in requests], vocab_size, device)
+        if any(v != 0.0 for v in frequency) or any(v != 0.0 for v in presence):
+            output_tokens = _pad([r.output_token_ids for r in requests], vocab_size, device)
+        sampling = [p.sampling for p in params]
+        return cls(
+            temperature=floats([p.temperature if p.sampling else 1.0 for p in params]),
+            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64).to(device, non_blocking=True),
+            top_p=floats([p.top_p for p in params]),
+            typical_p=floats([p.typical_p for p in params]),
+            repetition_penalty=floats(repetition),
+            frequency_penalty=floats(frequency),
+            presence_penalty=floats(presence),
+            sampling=torch.tensor(sampling, dtype=torch.bool).to(device, non_blocking=True),
+            uniforms=torch.tensor(
+                [uniform_for(r.seed, r.num_output_tokens) for r in requests], dtype=torch.float32
+            ).to(device, non_blocking=True),
+            all_tokens=all_tokens,
+            output_tokens=output_tokens,
+            max_top_k=max((p.top_k for p in params if p.sampling), default=0),
+            any_sampling=any(sampling),
+            any_top_p=any(p.sampling and p.top_p < 1.0 for p in params),
+            any_typical_p=any(p.sampling and p.typical_p < 1.0 for p in params),
+        )
+
+
+def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Rows of token ids padded with `pad_id` (one past the vocabulary) -> [B, max_len] int64."""
+    width = max((len(r) for r in rows), default=0) or 1
+    data = [r + [pad_id] * (width - len(r)) for r in rows]
+    return torch.tensor(data, dtype=torch.int64).to(device, non_blocking=True)
+
+
+def _token_mask(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    counts = torch.zeros(tokens.shape[0], vocab_size + 1, device=tokens.device)
+    counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=counts.dtype))
+    return counts[:, :vocab_size]
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    vocab = logits.shape[1]
+    if batch.all_tokens is not None:
+        seen = _token_mask(batch.all_tokens, vocab) > 0
+        penalty = batch.repetition_penalty.unsqueeze(1)
+        penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+        logits = torch.where(seen, penalized, logits)
+    if batch.output_tokens is not None:
+        counts = _token_mask(batch.output_tokens, vocab)
+        logits = (
+            logits
+            - batch.frequency_penalty.unsqueeze(1) * counts
+            - batch.presence_penalty.unsqueeze(1) * (counts > 0).float()
+        )
+    return logits
+
+
+def apply_warpers(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Temperature, top-k, top-p and typical-p; a parameter at its neutral value leaves a row unchanged."""
+    logits = logits / batch.temperature.unsqueeze(1)
+    if batch.max_top_k > 0:
+        k = min(batch.max_top_k, logits.shape[1])
+        top_values = logits.topk(k, dim=1).values
+        kth = top_values.gather(1, (batch.top_k.clamp(1, k) - 1).unsqueeze(1))
+        remove = (logits < kth) & (batch.top_k > 0).unsqueeze(1)
+        logits = logits.masked_fill(remove, float("-inf"))
+    if batch.any_top_p:
+        sorted_logits, order = logits.sort(dim=1)
+        cumulative = sorted_logits.softmax(dim=1).cumsum(dim=1)
+        remove_sorted = cumulative <= (1 - batch.top_p).unsqueeze(1)
+        remove_sorted[:, -1] = False
+        logits = logits.masked_fill(remove_sorted.scatter(1, order, remove_sorted), float("-inf"))
+    if batch.any_typical_p:
+        logits = _typical(logits, batch.typical_p)
+    return logits
+
+
+def _typical(logits: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Keep the tokens whose surprise is closest to the entropy, up to probability mass `mass`."""
+    normalized = logits.log_softmax(dim=1)
+    probs = normalized.exp()
+    entropy = -(normalized * probs).nansum(dim=1, keepdim=True)
+    shifted = (-normalized - entropy).abs()
+    sorted_scores, order = shifted.sort(dim=1)
+    cumulative = logits.gather(1, order).softmax(dim=1).cumsum(dim=1)
+    last = (cumulative < mass.unsqueeze(1)).sum(dim=1).clamp(max=logits.shape[1] - 1)
+    remove_sorted = sorted_scores > sorted_scores.gather(1, last.unsqueeze(1))
+    remove_sorted[:, 0] = False
+    remove = remove_sorted.scatter(1, order, remove_sorted)
+    neutral = (mass >= 1.0).unsqueeze(1)
+    return logits.masked_fill(remove & ~neutral, float("-inf"))
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] float32 -> (token ids [B] int64, their log-probabilities [B] float32).
+
+    The log-probability is taken under the distribution the token was chosen from (after penalties,
+    and after the warpers for sampling rows).
+    """
+    logits = apply_penalties(logits, batch)
+    tokens = logits.argmax(dim=1)
+    if batch.any_sampling:
+        warped = apply_warpers(logits, batch)
+        probs = warped.softmax(dim=1)
+        cdf = probs.cumsum(dim=1)
+        target = (batch.uniforms * cdf[:, -1]).unsqueeze(1)
+        drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=logits.shape[1] - 1)
+        tokens = torch.where(batch.sampling, drawn, tokens)
+        logits = torch.where(batch.sampling.unsqueeze(1), warped, logits)
+    logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)
+    return tokens, logprobs

@@ -1,0 +1,205 @@
+"""Continuous batching: which requests run this step, with how many tokens, and what happens after.
+
+Each step, running requests come first in arrival order (a decode is one token, a prefill chunk takes
+what is left of the step's prefill budget), then waiting requests are admitted first-come first-served
+while the budget, the batch size and the KV pool allow. When the pool cannot hold a running request's
+next tokens, the newest running request is preempted: its blocks are freed and it waits at the head
+of the queue to be recomputed. The batch goes out ordered by adapter slot, so each adapter's rows are
+one contiguous segment.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .kv_cache import BlockAllocator
+from .request import FinishReason, Request, RequestOutput, RequestStatus, TokenOutput
+
+
+@dataclass
+class ScheduledRow:
+    """`num_tokens` tokens of `request` starting at position `start`; `samples` if they end its sequence."""
+
+    request: Request
+    start: int
+    num_tokens: int
+    samples: bool
+
+
+@dataclass
+class ScheduledBatch:
+    rows: list[ScheduledRow]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(row.num_tokens for row in self.rows)
+
+    @property
+    def sampling_rows(self) -> list[ScheduledRow]:
+        return [row for row in self.rows if row.samples]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        allocator: BlockAllocator,
+        max_batch_prefill_tokens: int,
+        max_batch_size: int,
+        eos_token_ids: frozenset[int],
+        is_ready: Callable[[Request], bool] = lambda request: True,
+    ):
+        self.allocator = allocator
+        self.max_batch_prefill_tokens = max_batch_prefill_tokens
+        self.max_batch_size = max_batch_size
+        self.eos_token_ids = eos_token_ids
+        self.is_ready = is_ready
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, request: Request) -> None:
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> Request | None:
+        """Remove a request wherever it is and free its blocks; returns it, or None if unknown."""
+        for request in self.running:
+            if request.request_id == request_id:
+                self.running.remove(request)
+                self._finish(request, None)
+                return request
+        for request in self.waiting:
+            if request.request_id == request_id:
+                self.waiting.remove(request)
+                self._finish(request, None)
+                return request
+        return None
+
+    def schedule(self) -> ScheduledBatch:
+        rows: list[ScheduledRow] = []
+        prefill_budget = self.max_batch_prefill_tokens
+        preempted = False
+        index = 0
+        while index < len(self.running):
+            request = self.running[index]
+            num_tokens = self._tokens_this_step(request, prefill_budget)
+            if num_tokens == 0:
+                index += 1
+                continue
+            target = request.num_computed_tokens + num_tokens
+            while not self.allocator.can_allocate(request, target):
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+            if request.status is not RequestStatus.RUNNING:
+                break
+            self.allocator.allocate(request, target)
+            rows.append(self._row(request, num_tokens))
+            if self._is_prefill(request):
+                prefill_budget -= num_tokens
+            index += 1
+
+        while (
+            self.waiting and not preempted and prefill_budget > 0 and len(self.running) < self.max_batch_size
+        ):
+            request = self._next_ready()
+            if request is None:
+                break
+            num_tokens = min(request.num_uncomputed_tokens, prefill_budget)
+            if not self.allocator.can_allocate(request, request.num_computed_tokens + num_tokens):
+                break
+            self.waiting.remove(request)
+            self.allocator.allocate(request, request.num_computed_tokens + num_tokens)
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            rows.append(self._row(request, num_tokens))
+            prefill_budget -= num_tokens
+
+        rows.sort(key=lambda row: row.request.adapter_slot)
+        return ScheduledBatch(rows)
+
+    def _next_ready(self) -> Request | None:
+        """The oldest waiting request whose adapter is ready (requests for other adapters don't wait on it)."""
+        for request in self.waiting:
+            if self.is_ready(request):
+                return request
+        return None
+
+    @staticmethod
+    def _is_prefill(request: Request) -> bool:
+        return request.num_computed_tokens == 0 or request.num_uncomputed_tokens > 1
+
+    def _tokens_this_step(self, request: Request, prefill_budget: int) -> int:
+        if self._is_prefill(request):
+            return min(request.num_uncomputed_tokens, prefill_budget)
+        return request.num_uncomputed_tokens
+
+    def _row(self, request: Request, num_tokens: int) -> ScheduledRow:
+        start = request.num_computed_tokens
+        return ScheduledRow(request, start, num_tokens, start + num_tokens == len(request.token_ids))
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.allocator.free(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _finish(self, request: Request, reason: FinishReason | None) -> None:
+        self.allocator.free(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+
+    def postprocess(
+        self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float]
+    ) -> list[RequestOutput]:
+        """Advance every row by the tokens it computed; append sampled tokens; finish what is done."""
+        outputs = []
+        sampled = iter(zip(token_ids, logprobs, strict=True))
+        for row in batch.rows:
+            request = row.request
+            if not row.samples:
+                request.num_computed_tokens += row.num_tokens
+                continue
+            token_id, logprob = next(sampled)
+            request.num_computed_tokens += row.num_tokens
+            outputs.append(self._append_token(request, token_id, logprob))
+        return outputs
+
+    def _append_token(self, request: Request, token_id: int, logprob: float) -> RequestOutput:
+        request.token_ids.append(token_id)
+        request.output_logprobs.append(logprob)
+        detokenizer = request.detokenizer
+        text = detokenizer.add(token_id)
+        special = detokenizer.is_special(token_id)
+        reason = None
+        if request.num_output_tokens >= request.params.max_new_tokens:
+            reason = FinishReason.LENGTH
+        elif token_id in self.eos_token_ids and not request.params.ignore_eos_token:
+            reason = FinishReason.EOS_TOKEN
+        elif detokenizer.stop_matched(text):
+            reason = FinishReason.STOP_SEQUENCE
+        output = RequestOutput(
+            request_id=request.request_id,
+            token=TokenOutput(token_id, text, logprob, special),
+            prompt_tokens=request.num_prompt_tokens,
+            generated_tokens=request.num_output_tokens,
+            seed=request.seed,
+        )
+        if reason is not None:
+            self.running.remove(request)
+            self._finish(request, reason)
+            output.finished = True
+            output.finish_reason = reason
+            output.generated_text = detokenizer.final_text(request.output_token_ids)
+        return output
