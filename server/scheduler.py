@@ -197,6 +197,7 @@ class Scheduler:
             seed=request.seed,
         )
         if reason is not None:
+            output.token.text += detokenizer.flush()
             self.running.remove(request)
             self._finish(request, reason)
             output.finished = True

@@ -50,6 +50,16 @@ class IncrementalDetokenizer:
             self.text += delta
         return delta
 
+    def flush(self) -> str:
+        """At the end of generation: whatever text is still held back (an incomplete character)."""
+        decode = self.tokenizer.decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=False)
+        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=False)
+        self._prefix_offset = self._read_offset = len(self._ids)
+        delta = full[len(prefix) :]
+        self.text += delta
+        return delta
+
     def final_text(self, output_ids: list[int]) -> str:
         """The whole generated text, decoded at once, special tokens left out."""
         return self.tokenizer.decode(output_ids, skip_special_tokens=True)
