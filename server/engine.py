@@ -116,6 +116,7 @@ class Engine:
         self._consecutive_failures = 0
         self.fatal_error: str | None = None
         self.num_steps = 0
+        self.num_aborted = 0
 
     # ---- requests -------------------------------------------------------------------------------
     def make_request(
@@ -157,6 +158,7 @@ class Engine:
                 self._add(payload)
             elif kind == "abort" and self._requests.pop(payload, None) is not None:
                 self.scheduler.abort(payload)
+                self.num_aborted += 1
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:

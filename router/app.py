@@ -1,0 +1,91 @@
+"""The FastAPI application: lifespan (engine load and shutdown), status routes, and the API routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from loraplex.server.engine import Engine
+
+from . import generate
+from .engine_client import EngineClient, Status
+from .errors import install_error_handlers
+
+
+def package_version() -> str:
+    try:
+        return version("loraplex")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def create_app(
+    engine_factory: Callable[[], Engine],
+    max_concurrent_requests: int = 128,
+    on_load_failure: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The app builds its engine with `engine_factory` after it starts listening."""
+    client = EngineClient(engine_factory, max_concurrent_requests)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(_load(client, on_load_failure))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            client.shutdown()
+
+    app = FastAPI(title="loraplex", version=package_version(), lifespan=lifespan)
+    app.state.client = client
+    install_error_handlers(app)
+    app.include_router(generate.router)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        status = request.app.state.client.status
+        code = 200 if status is Status.READY else 503
+        return JSONResponse({"status": status.value}, status_code=code)
+
+    @app.get("/info")
+    async def info(request: Request) -> JSONResponse:
+        return JSONResponse(_info(request.app.state.client))
+
+    return app
+
+
+async def _load(client: EngineClient, on_load_failure: Callable[[str], None] | None) -> None:
+    await client.load()
+    if client.load_error and on_load_failure is not None:
+        on_load_failure(client.load_error)
+
+
+def _info(client: EngineClient) -> dict:
+    body: dict = {"status": client.status.value, "version": package_version()}
+    engine = client.engine
+    if engine is None:
+        return body
+    info = engine.info
+    body.update(
+        model_id=info.model_id,
+        model_path=info.model_path,
+        architecture=info.architecture,
+        model_dtype=info.dtype,
+        model_device_type=info.device.split(":")[0],
+        device=info.device,
+        max_input_length=info.limits.max_input_length,
+        max_total_tokens=info.limits.max_total_tokens,
+        max_batch_total_tokens=info.kv_cache_tokens,
+        max_batch_prefill_tokens=info.max_batch_prefill_tokens,
+        max_batch_size=info.max_batch_size,
+        max_concurrent_requests=client.max_concurrent_requests,
+        max_stop_sequences=info.max_stop_sequences,
+        block_size=info.block_size,
+        kv_cache_blocks=info.num_kv_blocks,
+        vocab_size=info.vocab_size,
+    )
+    return body

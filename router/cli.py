@@ -1,0 +1,125 @@
+"""The `loraplex` command: `loraplex serve --model-id PATH ...` starts the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from loraplex.server.config import ConfigError, EngineConfig
+
+logger = logging.getLogger("loraplex")
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model-id", required=True, help="a Hugging Face model folder, or a hub id in the local cache"
+    )
+    model.add_argument("--revision", default=None, help="hub revision (with a hub id)")
+    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    http = parser.add_argument_group("http")
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, default=8080)
+    http.add_argument("--max-concurrent-requests", type=int, default=128)
+    http.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    limits = parser.add_argument_group("batching and limits")
+    limits.add_argument("--max-input-length", type=int, default=None, help="default: min(1024, context - 1)")
+    limits.add_argument("--max-total-tokens", type=int, default=None, help="default: min(2048, context)")
+    limits.add_argument("--max-batch-prefill-tokens", type=int, default=4096, help="prefill tokens per step")
+    limits.add_argument(
+        "--max-batch-total-tokens",
+        type=int,
+        default=None,
+        help="KV cache size in tokens (default: what the memory budget holds)",
+    )
+    limits.add_argument("--max-batch-size", type=int, default=256, help="requests running at once")
+    limits.add_argument("--max-stop-sequences", type=int, default=4)
+    limits.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    limits.add_argument("--kv-cache-memory-gib", type=float, default=1.0, help="KV cache budget on CPU")
+    limits.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraplex", description="Serve one LLM with many LoRA adapters.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the HTTP server")
+    _add_serve_arguments(serve)
+    return parser
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model_id=args.model_id,
+        revision=args.revision,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        max_batch_total_tokens=args.max_batch_total_tokens,
+        kv_cache_memory_gib=args.kv_cache_memory_gib,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_batch_size=args.max_batch_size,
+        max_input_length=args.max_input_length,
+        max_total_tokens=args.max_total_tokens,
+        max_stop_sequences=args.max_stop_sequences,
+    )
+
+
+def fail(message: str) -> None:
+    print(f"loraplex: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+    from loraplex.server.engine import Engine
+    from loraplex.server.models.loader import (
+        ModelLoadError,
+        check_model_folder,
+        load_config,
+        resolve_model_path,
+    )
+
+    from .app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = engine_config(args)
+        path = resolve_model_path(config.model_id, config.revision)
+        check_model_folder(path)
+        load_config(path)
+    except (ConfigError, ModelLoadError) as error:
+        fail(str(error))
+
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_failure(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(lambda: Engine(config), args.max_concurrent_requests, on_load_failure)
+    uvicorn_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn_config)
+    logger.info("loraplex serving %s on http://%s:%d", config.model_id, args.host, args.port)
+    server.run()
+    if failure:
+        print(f"loraplex: error: {failure[0]}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The LoRAX / TGI native wire format: request parameters and response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Parameters(BaseModel):
+    """LoRAX's `parameters` object. Unknown fields are ignored, as LoRAX does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    adapter_id: str | None = None
+    adapter_source: str | None = None
+    api_token: str | None = None
+    best_of: int | None = None
+    decoder_input_details: bool = False
+    details: bool = False
+    do_sample: bool = False
+    frequency_penalty: float | None = None
+    ignore_eos_token: bool = False
+    max_new_tokens: int | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    return_full_text: bool | None = None
+    return_k_alternatives: int | None = None
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    truncate: int | None = None
+    typical_p: float | None = None
+    watermark: bool = False
+    response_format: Any = None
+    merged_adapters: Any = None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str
+    parameters: Parameters = Field(default_factory=Parameters)
+    stream: bool = False
+
+
+class Token(BaseModel):
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+
+
+class Details(BaseModel):
+    finish_reason: str
+    prompt_tokens: int
+    generated_tokens: int
+    seed: int | None
+    prefill: list[Token] = Field(default_factory=list)
+    tokens: list[Token] = Field(default_factory=list)
+
+
+class StreamDetails(BaseModel):
+    finish_reason: str
+    prompt_tokens: int
+    generated_tokens: int
+    seed: int | None
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    details: Details | None = None
+
+
+class StreamResponse(BaseModel):
+    token: Token
+    generated_text: str | None = None
+    details: StreamDetails | None = None

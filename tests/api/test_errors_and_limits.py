@@ -1,0 +1,128 @@
+"""Every error a client can cause: status, LoRAX's {"error", "error_type"} body, and nothing leaks."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from loraplex.server.config import EngineConfig
+from server_harness import serve
+
+from .sse import parse_events
+
+CASES = [
+    ({"inputs": ""}, "`inputs` cannot be empty"),
+    ({"inputs": "hi", "parameters": {"temperature": 0}}, "`temperature` must be strictly positive"),
+    ({"inputs": "hi", "parameters": {"temperature": -1}}, "`temperature` must be strictly positive"),
+    (
+        {"inputs": "hi", "parameters": {"repetition_penalty": 0}},
+        "`repetition_penalty` must be strictly positive",
+    ),
+    ({"inputs": "hi", "parameters": {"top_k": 0}}, "`top_k` must be strictly positive"),
+    ({"inputs": "hi", "parameters": {"top_p": 1.5}}, "`top_p` must be > 0.0 and <= 1.0"),
+    ({"inputs": "hi", "parameters": {"top_p": 0}}, "`top_p` must be > 0.0 and <= 1.0"),
+    ({"inputs": "hi", "parameters": {"typical_p": 2}}, "`typical_p` must be > 0.0 and <= 1.0"),
+    ({"inputs": "hi", "parameters": {"max_new_tokens": 0}}, "`max_new_tokens` must be strictly positive"),
+    ({"inputs": "hi", "parameters": {"truncate": 0}}, "`truncate` must be strictly positive"),
+    ({"inputs": "hi", "parameters": {"seed": -3}}, "`seed` must be an integer in [0, 2^64)"),
+    (
+        {"inputs": "hi", "parameters": {"frequency_penalty": 3}},
+        "`frequency_penalty` must be >= -2.0 and <= 2.0",
+    ),
+    (
+        {"inputs": "hi", "parameters": {"stop": ["a", "b", "c", "d", "e"]}},
+        "`stop` supports up to 4 stop sequences. Given: 5",
+    ),
+    ({"inputs": "hi", "parameters": {"watermark": True}}, "`watermark` is not supported by this server yet"),
+    (
+        {"inputs": "hi", "parameters": {"response_format": {"type": "json_object"}}},
+        "`response_format` is not supported by this server yet",
+    ),
+    (
+        {"inputs": "hi", "parameters": {"merged_adapters": {"ids": ["a"]}}},
+        "`merged_adapters` is not supported by this server yet",
+    ),
+    ({"inputs": "hi " * 80}, "`inputs` must have less than 64 tokens. Given: "),
+    (
+        {"inputs": "hi", "parameters": {"max_new_tokens": 300}},
+        "`inputs` tokens + `max_new_tokens` must be <= 256. Given: 2 `inputs` tokens and 300 `max_new_tokens`",
+    ),
+    (
+        {"inputs": "hi", "parameters": {"temperature": "hot"}},
+        "parameters.temperature: Input should be a valid number",
+    ),
+    ({"parameters": {}}, "inputs: Field required"),
+]
+
+
+@pytest.mark.parametrize("route", ["/generate", "/generate_stream", "/"])
+@pytest.mark.parametrize(("body", "message"), CASES, ids=[c[1][:40] for c in CASES])
+def test_validation_errors_are_422_before_any_stream(server, route, body, message):
+    response = httpx.post(server.url + route, json=body, timeout=30)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/json")
+    payload = response.json()
+    assert set(payload) == {"error", "error_type"}
+    assert payload["error_type"] == "validation"
+    assert payload["error"].startswith(message)
+
+
+def test_malformed_json_is_422(server):
+    response = httpx.post(
+        server.url + "/generate", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["error_type"] == "validation"
+
+
+def test_server_keeps_serving_after_errors(server):
+    httpx.post(server.url + "/generate", json={"inputs": ""}, timeout=30)
+    ok = httpx.post(
+        server.url + "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}, timeout=30
+    )
+    assert ok.status_code == 200
+    server.wait_idle()
+
+
+def test_client_disconnect_mid_stream_aborts_and_frees_blocks(server):
+    engine = server.engine
+    aborted = engine.num_aborted
+    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 180, "ignore_eos_token": True}}
+    with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        events = parse_events(line for _, line in zip(range(6), lines))
+        assert events, "no event before disconnect"
+        assert engine.num_running == 1 and engine.allocator.num_free_blocks < engine.allocator.num_blocks
+    server.wait_idle()
+    assert engine.num_aborted == aborted + 1
+
+
+def test_client_disconnect_on_generate_aborts(server):
+    engine = server.engine
+    aborted = engine.num_aborted
+    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 190, "ignore_eos_token": True}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/generate", json=body, timeout=0.3)
+    server.wait_idle(timeout=15)
+    assert engine.num_aborted == aborted + 1
+
+
+def test_burst_over_max_concurrent_requests_gets_429(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=8192, max_total_tokens=256)
+    with serve(config, max_concurrent_requests=3) as running:
+
+        async def burst():
+            body = {"inputs": "Hello", "parameters": {"max_new_tokens": 120, "ignore_eos_token": True}}
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/generate", json=body) for _ in range(10)))
+
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 3 and codes.count(429) >= 1 and set(codes) <= {200, 429}
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+        running.wait_idle()
+        time.sleep(0.1)
+        after = httpx.post(
+            running.url + "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}
+        )
+        assert after.status_code == 200

@@ -1,0 +1,116 @@
+"""/generate, /generate_stream and / against a real server, checked against transformers' greedy tokens."""
+
+import asyncio
+
+import httpx
+from engine.reference import reference_greedy
+
+from .sse import parse_events
+
+PROMPT = "The quick brown fox"
+
+
+def generate(server, inputs=PROMPT, **parameters):
+    return httpx.post(server.url + "/generate", json={"inputs": inputs, "parameters": parameters}, timeout=30)
+
+
+def test_generate_returns_transformers_greedy_tokens(server, llama_reference):
+    response = generate(server, max_new_tokens=12, details=True, ignore_eos_token=True)
+    assert response.status_code == 200
+    body = response.json()
+    details = body["details"]
+    prompt_ids = server.engine.tokenizer(PROMPT).input_ids
+    ids = [t["id"] for t in details["tokens"]]
+    assert ids == reference_greedy(llama_reference, prompt_ids, 12)
+    assert details["finish_reason"] == "length"
+    assert details["prompt_tokens"] == len(prompt_ids) and details["generated_tokens"] == 12
+    assert details["seed"] is None  # greedy, as LoRAX reports
+    assert body["generated_text"] == server.engine.tokenizer.decode(ids)
+    assert response.headers["x-generated-tokens"] == "12"
+    assert response.headers["x-prompt-tokens"] == str(len(prompt_ids))
+
+
+def test_generate_without_details_has_text_only(server):
+    body = generate(server, max_new_tokens=3).json()
+    assert set(body) == {"generated_text"}
+
+
+def test_stream_events_match_generate(server):
+    once = generate(server, max_new_tokens=10, details=True, ignore_eos_token=True).json()
+    with httpx.stream(
+        "POST",
+        server.url + "/generate_stream",
+        json={
+            "inputs": PROMPT,
+            "parameters": {"max_new_tokens": 10, "details": True, "ignore_eos_token": True},
+        },
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = parse_events(response.iter_lines())
+    assert len(events) == 10
+    assert [e["token"]["id"] for e in events] == [t["id"] for t in once["details"]["tokens"]]
+    assert all(e["generated_text"] is None and e["details"] is None for e in events[:-1])
+    last = events[-1]
+    assert last["generated_text"] == once["generated_text"] == "".join(e["token"]["text"] for e in events)
+    prompt_tokens = once["details"]["prompt_tokens"]
+    assert last["details"] == {
+        "finish_reason": "length",
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": 10,
+        "seed": None,
+    }
+
+
+def test_compat_route_picks_by_stream_field(server):
+    plain = httpx.post(
+        server.url + "/", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 4}}, timeout=30
+    )
+    assert plain.status_code == 200 and isinstance(plain.json(), list) and "generated_text" in plain.json()[0]
+    streamed = httpx.post(
+        server.url + "/",
+        json={"inputs": PROMPT, "stream": True, "parameters": {"max_new_tokens": 4}},
+        timeout=30,
+    )
+    events = parse_events(streamed.text.splitlines())
+    assert len(events) == 4 and events[-1]["generated_text"] == plain.json()[0]["generated_text"]
+
+
+def test_seeded_sampling_over_http_is_reproducible(server):
+    params = dict(max_new_tokens=16, do_sample=True, temperature=0.9, top_p=0.95, seed=7, details=True)
+    first, second = generate(server, **params).json(), generate(server, **params).json()
+    assert first["generated_text"] == second["generated_text"]
+    assert first["details"]["seed"] == 7
+
+
+def test_return_full_text_and_truncate(server):
+    full = generate(server, max_new_tokens=3, return_full_text=True).json()["generated_text"]
+    assert full.startswith(PROMPT)
+    truncated = generate(server, max_new_tokens=3, truncate=2, details=True).json()
+    assert truncated["details"]["prompt_tokens"] == 2
+
+
+def test_concurrent_requests_are_batched_and_each_correct(server, llama_reference):
+    prompts = ["Hello world", "Paged attention", "Adapters let", "0123", "The lazy dog", "How are you"]
+
+    async def one(client, prompt):
+        r = await client.post(
+            "/generate",
+            json={
+                "inputs": prompt,
+                "parameters": {"max_new_tokens": 16, "details": True, "ignore_eos_token": True},
+            },
+        )
+        return [t["id"] for t in r.json()["details"]["tokens"]]
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(one(client, p) for p in prompts))
+
+    steps_before = server.engine.num_steps
+    results = asyncio.run(all_at_once())
+    steps = server.engine.num_steps - steps_before
+    assert steps < len(prompts) * 16, "requests were not batched together"
+    for prompt, ids in zip(prompts, results, strict=True):
+        assert ids == reference_greedy(llama_reference, server.engine.tokenizer(prompt).input_ids, 16)

@@ -1,0 +1,74 @@
+"""A real uvicorn server on 127.0.0.1 in a background thread, for HTTP tests with real clients."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+from loraplex.router.app import create_app
+from loraplex.server.config import EngineConfig
+from loraplex.server.engine import Engine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, app, port: int):
+        self.app = app
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.state.client.engine
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until the engine has no request left and every KV block is back in the pool."""
+        deadline = time.monotonic() + timeout
+        engine = self.engine
+        while time.monotonic() < deadline:
+            if (
+                not engine.scheduler.has_work
+                and engine.allocator.num_free_blocks == engine.allocator.num_blocks
+            ):
+                return
+            time.sleep(0.02)
+        raise AssertionError(
+            f"engine not idle: running={engine.num_running} waiting={engine.num_waiting} "
+            f"free_blocks={engine.allocator.num_free_blocks}/{engine.allocator.num_blocks}"
+        )
+
+
+@contextmanager
+def serve(
+    config: EngineConfig, max_concurrent_requests: int = 128, engine_factory=None
+) -> Iterator[RunningServer]:
+    port = free_port()
+    app = create_app(engine_factory or (lambda: Engine(config)), max_concurrent_requests)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = RunningServer(app, port)
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if httpx.get(running.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become healthy")
+            time.sleep(0.05)
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
