@@ -1,6 +1,7 @@
 """Every error a client can cause: status, LoRAX's {"error", "error_type"} body, and nothing leaks."""
 
 import asyncio
+import itertools
 import time
 
 import httpx
@@ -89,7 +90,7 @@ def test_client_disconnect_mid_stream_aborts_and_frees_blocks(server):
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 180, "ignore_eos_token": True}}
     with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=30) as response:
         lines = response.iter_lines()
-        events = parse_events(line for _, line in zip(range(6), lines))
+        events = parse_events(itertools.islice(lines, 6))
         assert events, "no event before disconnect"
         assert engine.num_running == 1 and engine.allocator.num_free_blocks < engine.allocator.num_blocks
     server.wait_idle()
