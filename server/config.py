@@ -18,6 +18,8 @@ class EngineConfig:
     KV cache: `max_batch_total_tokens` (as LoRAX: the tokens all running requests may hold together)
     fixes the pool size exactly; otherwise the pool fills `kv_cache_memory_gib` on CPU, or
     `gpu_memory_utilization` of the GPU after the weights are loaded.
+    Adapters: up to `max_active_adapters` GPU slots of rank `max_lora_rank` (fewer if
+    `adapter_memory_gib` caps them), `adapter_cpu_cache` adapters kept loaded in host memory.
     Per step: prefill chunks add up to at most `max_batch_prefill_tokens`; at most `max_batch_size`
     requests run at once. Per request limits left as None are derived from the model (see `limits`).
     """
@@ -36,6 +38,11 @@ class EngineConfig:
     max_total_tokens: int | None = None
     max_stop_sequences: int = 4
     adapter_dirs: tuple[str, ...] = field(default_factory=tuple)
+    max_active_adapters: int = 32
+    max_lora_rank: int = 64
+    adapter_cpu_cache: int = 128
+    adapter_memory_gib: float | None = None
+    preload_adapters: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -46,6 +53,9 @@ class EngineConfig:
             "max_batch_size": self.max_batch_size,
             "max_input_length": self.max_input_length,
             "max_total_tokens": self.max_total_tokens,
+            "max_active_adapters": self.max_active_adapters,
+            "max_lora_rank": self.max_lora_rank,
+            "adapter_cpu_cache": self.adapter_cpu_cache,
         }
         for name, value in positive.items():
             if value is not None and value <= 0:

@@ -16,7 +16,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .config import EngineConfig, Limits, resolve_limits
+import torch
+
+from .adapters.manager import AdapterManager, make_reader
+from .adapters.slots import AdapterSlots, slot_bytes
+from .adapters.sources import AdapterLocation, AdapterSources
+from .config import ConfigError, EngineConfig, Limits, resolve_limits
 from .kv_cache import BlockAllocator, KVCache
 from .model_runner import ModelRunner
 from .models.attention import TorchAttention
@@ -48,6 +53,8 @@ class EngineInfo:
     max_batch_size: int
     max_stop_sequences: int
     vocab_size: int
+    adapter_slots: int
+    max_lora_rank: int
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -59,7 +66,8 @@ class EngineInfo:
             f"kv_blocks={self.num_kv_blocks} kv_tokens={self.kv_cache_tokens} "
             f"kv_memory={self.kv_cache_bytes / 2**20:.1f}MiB block_size={self.block_size} "
             f"max_input_length={self.limits.max_input_length} max_total_tokens={self.limits.max_total_tokens} "
-            f"max_batch_prefill_tokens={self.max_batch_prefill_tokens} max_batch_size={self.max_batch_size}"
+            f"max_batch_prefill_tokens={self.max_batch_prefill_tokens} max_batch_size={self.max_batch_size} "
+            f"adapter_slots={self.adapter_slots} max_lora_rank={self.max_lora_rank}"
         )
 
 
@@ -75,6 +83,7 @@ class Engine:
         self.model = build_model(path, model_config, TorchAttention(), self.dtype, self.device)
         shape = self.model.shape
         self.limits = resolve_limits(config, shape.max_positions)
+        self.slots = _adapter_slots(config, shape, self.dtype, self.device)
         num_blocks = kv_cache_blocks(config, shape, self.dtype, self.device, self.limits.max_total_tokens)
         self.kv_cache = KVCache(
             shape.num_layers,
@@ -86,14 +95,17 @@ class Engine:
             self.device,
         )
         self.model.attach_kv_cache(self.kv_cache.layers())
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self.adapters = self._adapter_manager(shape, config)
         self.allocator = BlockAllocator(num_blocks, config.block_size)
         self.scheduler = Scheduler(
             self.allocator,
             config.max_batch_prefill_tokens,
             config.max_batch_size,
             eos_token_ids=_eos_token_ids(model_config, self.tokenizer),
+            adapters=self.adapters,
         )
-        self.runner = ModelRunner(self.model, config.block_size, self.device)
+        self.runner = ModelRunner(self.model, config.block_size, self.device, self.slots)
         self.info = EngineInfo(
             model_id=config.model_id,
             model_path=str(path),
@@ -108,15 +120,17 @@ class Engine:
             max_batch_size=config.max_batch_size,
             max_stop_sequences=config.max_stop_sequences,
             vocab_size=shape.vocab_size,
+            adapter_slots=self.slots.num_slots,
+            max_lora_rank=config.max_lora_rank,
         )
         self._requests: dict[str, Request] = {}
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._consecutive_failures = 0
         self.fatal_error: str | None = None
         self.num_steps = 0
         self.num_aborted = 0
+        self.last_step_ran = False
 
     # ---- requests -------------------------------------------------------------------------------
     def make_request(
@@ -125,7 +139,7 @@ class Engine:
         params: SamplingParams,
         sink: OutputSink | None = None,
         request_id: str | None = None,
-        adapter_id: str | None = None,
+        adapter: AdapterLocation | None = None,
     ) -> Request:
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         request = Request(
@@ -133,7 +147,7 @@ class Engine:
             prompt_token_ids=list(prompt_token_ids),
             params=params,
             seed=seed,
-            adapter_id=adapter_id,
+            adapter=adapter,
             sink=sink,
         )
         request.detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids, params.stop)
@@ -156,6 +170,8 @@ class Engine:
             kind, payload = command
             if kind == "add":
                 self._add(payload)
+            elif kind == "call":
+                payload()
             elif kind == "abort" and self._requests.pop(payload, None) is not None:
                 self.scheduler.abort(payload)
                 self.num_aborted += 1
@@ -192,6 +208,9 @@ class Engine:
         """Apply queued commands, run one batch, deliver its outputs. Engine thread only."""
         self._apply_commands(block=False)
         batch = self.scheduler.schedule()
+        if batch.failed:
+            self._deliver([_error_output(r, str(e), e.error_type) for r, e in batch.failed])
+        self.last_step_ran = bool(batch.rows)
         if not batch.rows:
             return []
         try:
@@ -246,12 +265,45 @@ class Engine:
         self._thread.start()
 
     def _loop(self) -> None:
+        idle = True
         while not self._stopping.is_set():
-            self._apply_commands(block=not self.scheduler.has_work)
+            # Block for commands when idle, or when every waiting request waits on an adapter load:
+            # a finished load posts a command that wakes us.
+            self._apply_commands(block=idle)
             if self.scheduler.has_work and self.fatal_error is None:
                 self.step()
+                idle = not self.last_step_ran
+            else:
+                idle = True
+
+    def call_soon(self, function) -> None:
+        """Run `function()` on the engine thread between steps (any thread may ask)."""
+        self._commands.put(("call", function))
+
+    def _wake(self) -> None:
+        self._commands.put(("call", lambda: None))
+
+    def _adapter_manager(self, shape, config: EngineConfig) -> AdapterManager:
+        read = make_reader(
+            shape.num_layers,
+            shape.lora_out_slices(),
+            shape.lora_in_features(),
+            self.dtype,
+            config.max_lora_rank,
+            config.model_id,
+            pin=self.device.type == "cuda",
+        )
+        manager = AdapterManager(
+            AdapterSources(config.adapter_dirs), self.slots, read, config.adapter_cpu_cache, self._wake
+        )
+        for adapter_id in config.preload_adapters:
+            location = manager.locate(adapter_id, None)
+            manager.wait_loaded(location)
+            manager.activate_now(location)
+        return manager
 
     def shutdown(self) -> None:
+        self.adapters.shutdown()
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -264,7 +316,23 @@ class Engine:
         self._apply_commands(block=False)
         while self.scheduler.has_work:
             self.step()
+            if not self.last_step_ran:
+                self._apply_commands(block=True)
         return requests
+
+
+def _adapter_slots(config: EngineConfig, shape, dtype: torch.dtype, device: torch.device) -> AdapterSlots:
+    """As many slots as `max_active_adapters`, fewer if `adapter_memory_gib` can't hold them."""
+    out_slices, in_features = shape.lora_out_slices(), shape.lora_in_features()
+    count = config.max_active_adapters
+    if config.adapter_memory_gib is not None:
+        per_slot = slot_bytes(shape.num_layers, out_slices, in_features, config.max_lora_rank, dtype)
+        count = min(count, int(config.adapter_memory_gib * 2**30 // per_slot))
+        if count < 1:
+            raise ConfigError(
+                f"--adapter-memory-gib {config.adapter_memory_gib} holds no slot of {per_slot} bytes"
+            )
+    return AdapterSlots(count, shape.num_layers, out_slices, in_features, config.max_lora_rank, dtype, device)
 
 
 def _error_output(request: Request, message: str, error_type: str) -> RequestOutput:

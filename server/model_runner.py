@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .adapters.lora_batch import LoraBatch
+from .adapters.slots import AdapterSlots
 from .models.attention import AttentionMetadata
 from .models.context import ForwardContext, forward_context
 from .models.llama import CausalLM
@@ -28,10 +30,11 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, block_size: int, device: torch.device):
+    def __init__(self, model: CausalLM, block_size: int, device: torch.device, slots: AdapterSlots):
         self.model = model
         self.block_size = block_size
         self.device = device
+        self.slots = slots
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         host = torch.tensor(values, dtype=torch.int64)
@@ -94,9 +97,11 @@ class ModelRunner:
             self._tensor(input_ids), attention, self._tensor(logits_indices), seg_starts, seg_slots
         )
 
-    def lora_context(self, inputs: StepInputs):
+    def lora_context(self, inputs: StepInputs) -> LoraBatch | None:
         """The adapter segments of this step for the LoRA layers; None when no row uses an adapter."""
-        return None
+        if all(slot < 0 for slot in inputs.seg_slots):
+            return None
+        return LoraBatch(self.slots, inputs.seg_starts, inputs.seg_slots, self.device)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:

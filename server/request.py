@@ -86,6 +86,7 @@ OutputSink = Callable[[RequestOutput], None]
 class Request:
     """A request inside the engine.
 
+    `adapter` is an AdapterLocation (None = base model); `adapter_slot` its GPU slot while running.
     `token_ids` holds the prompt followed by every generated token; `num_computed_tokens` of them have
     their keys and values in the KV cache. A preempted request drops its cache and recomputes
     everything, prompt and generated tokens alike, as one long prefill.
@@ -95,7 +96,7 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     seed: int
-    adapter_id: str | None = None
+    adapter: Any = None
     sink: OutputSink | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     token_ids: list[int] = field(init=False)
@@ -111,6 +112,10 @@ class Request:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.adapter.adapter_id if self.adapter is not None else None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -11,9 +11,10 @@ one contiguous segment.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from .adapters.manager import Readiness
 from .kv_cache import BlockAllocator
 from .request import FinishReason, Request, RequestOutput, RequestStatus, TokenOutput
 
@@ -31,6 +32,7 @@ class ScheduledRow:
 @dataclass
 class ScheduledBatch:
     rows: list[ScheduledRow]
+    failed: list[tuple[Request, Exception]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -48,13 +50,13 @@ class Scheduler:
         max_batch_prefill_tokens: int,
         max_batch_size: int,
         eos_token_ids: frozenset[int],
-        is_ready: Callable[[Request], bool] = lambda request: True,
+        adapters: Any = None,
     ):
         self.allocator = allocator
         self.max_batch_prefill_tokens = max_batch_prefill_tokens
         self.max_batch_size = max_batch_size
         self.eos_token_ids = eos_token_ids
-        self.is_ready = is_ready
+        self.adapters = adapters
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -107,14 +109,40 @@ class Scheduler:
                 prefill_budget -= num_tokens
             index += 1
 
-        while (
-            self.waiting and not preempted and prefill_budget > 0 and len(self.running) < self.max_batch_size
-        ):
-            request = self._next_ready()
-            if request is None:
+        failed: list[tuple[Request, Exception]] = []
+        if not preempted:
+            self._admit(rows, prefill_budget, failed)
+        rows.sort(key=lambda row: row.request.adapter_slot)
+        return ScheduledBatch(rows, failed)
+
+    def _admit(self, rows: list[ScheduledRow], prefill_budget: int, failed: list) -> None:
+        """Admit waiting requests first-come first-served while budget, batch size and KV blocks allow.
+
+        A request whose adapter is still loading is passed over (it doesn't hold up the others). When the
+        oldest request waits for a GPU slot and every slot is pinned, later adapter requests are held
+        back so that the pinned slots drain and it gets one: no request starves.
+        """
+        held_for_slot = False
+        for request in list(self.waiting):
+            if prefill_budget <= 0 or len(self.running) >= self.max_batch_size:
                 break
+            if request.adapter is not None:
+                if held_for_slot:
+                    continue
+                readiness, slot, error = self.adapters.acquire(request.adapter)
+                if readiness is Readiness.FAILED:
+                    self.waiting.remove(request)
+                    failed.append((request, error))
+                    continue
+                if readiness is Readiness.NEEDS_SLOT:
+                    held_for_slot = True
+                    continue
+                if readiness is not Readiness.READY:
+                    continue
+                request.adapter_slot = slot
             num_tokens = min(request.num_uncomputed_tokens, prefill_budget)
             if not self.allocator.can_allocate(request, request.num_computed_tokens + num_tokens):
+                self._release_adapter(request)
                 break
             self.waiting.remove(request)
             self.allocator.allocate(request, request.num_computed_tokens + num_tokens)
@@ -122,16 +150,13 @@ class Scheduler:
             self.running.append(request)
             rows.append(self._row(request, num_tokens))
             prefill_budget -= num_tokens
+        if failed:
+            self.adapters.forget_failures()
 
-        rows.sort(key=lambda row: row.request.adapter_slot)
-        return ScheduledBatch(rows)
-
-    def _next_ready(self) -> Request | None:
-        """The oldest waiting request whose adapter is ready (requests for other adapters don't wait on it)."""
-        for request in self.waiting:
-            if self.is_ready(request):
-                return request
-        return None
+    def _release_adapter(self, request: Request) -> None:
+        if request.adapter is not None and request.adapter_slot >= 0:
+            self.adapters.release(request.adapter)
+        request.adapter_slot = -1
 
     @staticmethod
     def _is_prefill(request: Request) -> bool:
@@ -149,6 +174,7 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
         self.allocator.free(request)
+        self._release_adapter(request)
         request.num_computed_tokens = 0
         request.status = RequestStatus.WAITING
         request.num_preemptions += 1
@@ -157,6 +183,7 @@ class Scheduler:
 
     def _finish(self, request: Request, reason: FinishReason | None) -> None:
         self.allocator.free(request)
+        self._release_adapter(request)
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
 

@@ -1,0 +1,94 @@
+"""The device-side adapter slots: for every layer and projection group, stacked buffers indexed by slot.
+
+    A[(layer, group)]  [slots, n_slices, r_max, in]      B[(layer, group)]  [slots, out_total, r_max]
+    (B is a transposed view of rank-major storage [slots, r_max, out_total])
+    ranks[(layer, group)] [n_slices, slots] int32        scaling[(layer, group)] [n_slices, slots] float32
+
+A slot whose adapter does not touch a slice has rank 0 there: the kernels skip it and read nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .peft_format import AdapterWeights
+
+
+def slot_bytes(
+    num_layers: int,
+    out_slices: dict[str, tuple[int, ...]],
+    in_features: dict[str, int],
+    max_rank: int,
+    dtype: torch.dtype,
+) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    per_layer = sum(
+        max_rank * (len(widths) * in_features[g] + sum(widths)) for g, widths in out_slices.items()
+    )
+    return num_layers * per_layer * element
+
+
+class AdapterSlots:
+    def __init__(
+        self,
+        num_slots: int,
+        num_layers: int,
+        out_slices: dict[str, tuple[int, ...]],
+        in_features: dict[str, int],
+        max_rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        self.num_slots = num_slots
+        self.max_rank = max_rank
+        self.device = device
+        self.slice_offsets = {g: tuple(sum(w[:i]) for i in range(len(w) + 1)) for g, w in out_slices.items()}
+        self.a: dict[tuple[int, str], torch.Tensor] = {}
+        self.b: dict[tuple[int, str], torch.Tensor] = {}
+        self.ranks: dict[tuple[int, str], torch.Tensor] = {}
+        self.scaling: dict[tuple[int, str], torch.Tensor] = {}
+        for layer in range(num_layers):
+            for group, widths in out_slices.items():
+                key = (layer, group)
+                n = len(widths)
+                self.a[key] = torch.zeros(
+                    num_slots, n, max_rank, in_features[group], dtype=dtype, device=device
+                )
+                # Rank-major storage: a small-rank slot in a large pool reads only its own rows.
+                storage = torch.zeros(num_slots, max_rank, sum(widths), dtype=dtype, device=device)
+                self.b[key] = storage.transpose(1, 2)
+                self.ranks[key] = torch.zeros(n, num_slots, dtype=torch.int32, device=device)
+                self.scaling[key] = torch.zeros(n, num_slots, dtype=torch.float32, device=device)
+        # Host mirror: which (layer, group) each slot touches, so a step skips groups no row needs.
+        self.targets: list[frozenset[tuple[int, str]]] = [frozenset()] * num_slots
+
+    def write(self, slot: int, weights: AdapterWeights, stream: torch.cuda.Stream | None = None) -> None:
+        """Copy an adapter into `slot` (on `stream` when given); groups it doesn't touch get rank 0."""
+        non_blocking = stream is not None
+        with torch.cuda.stream(stream) if stream is not None else _nullcontext():
+            for key in self.a:
+                ranks = self.ranks[key]
+                entry = weights.groups.get(key)
+                if entry is None:
+                    ranks[:, slot] = 0
+                    continue
+                a, b, slice_ranks, scalings = entry
+                r = a.shape[1]
+                self.a[key][slot, :, :r].copy_(a, non_blocking=non_blocking)
+                self.b[key][slot, :, :r].copy_(b, non_blocking=non_blocking)
+                ranks[:, slot] = torch.tensor(slice_ranks, dtype=torch.int32)
+                self.scaling[key][:, slot] = torch.tensor(scalings, dtype=torch.float32)
+        self.targets[slot] = frozenset(weights.groups)
+
+    def clear(self, slot: int) -> None:
+        for ranks in self.ranks.values():
+            ranks[:, slot] = 0
+        self.targets[slot] = frozenset()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,123 @@
+"""Requests for the base model and many adapters share steps; each matches PEFT generating it alone."""
+
+import pytest
+import torch
+from adapter_factory import ADAPTER_SPECS, build_adapter, edit_config, load_peft_reference
+from engine.reference import assert_matches_reference, capture_logits
+from loraplex.server.config import EngineConfig
+from loraplex.server.engine import Engine
+from loraplex.server.request import SamplingParams
+
+ADAPTERS = [f"acme/{name}" for name in ADAPTER_SPECS]
+PROMPTS = [
+    "Hello world! How are you",
+    "The quick brown fox jumps over the lazy dog",
+    "Paged attention stores keys",
+    "Adapters let one base model serve",
+    "0123456789 + - * /",
+    "Continuous batching lets requests join and leave",
+    "How are you today?",
+]
+
+
+def make_engine(base_dir, adapter_root, **overrides) -> Engine:
+    settings = dict(model_id=str(base_dir), max_batch_total_tokens=4096, adapter_dirs=(str(adapter_root),))
+    settings.update(overrides)
+    return Engine(EngineConfig(**settings))
+
+
+def make_request(engine, adapter_id, prompt, max_new_tokens, request_id):
+    location = engine.adapters.locate(adapter_id, None) if adapter_id else None
+    ids = engine.tokenizer(prompt).input_ids
+    params = SamplingParams(max_new_tokens=max_new_tokens, ignore_eos_token=True)
+    return engine.make_request(ids, params, request_id=request_id, adapter=location)
+
+
+def record_slots_per_step(engine) -> list[set[int]]:
+    steps: list[set[int]] = []
+    run = engine.runner.run
+
+    def recording_run(batch):
+        steps.append({row.request.adapter_slot for row in batch.rows})
+        return run(batch)
+
+    engine.runner.run = recording_run
+    return steps
+
+
+def test_one_batch_mixes_base_and_six_adapters(base_dir, adapter_root, peft_references):
+    engine = make_engine(base_dir, adapter_root, preload_adapters=tuple(ADAPTERS))
+    records = capture_logits(engine)
+    steps = record_slots_per_step(engine)
+    owners = [None, *ADAPTERS]
+    requests = [make_request(engine, a, PROMPTS[i], 16, f"r{i}") for i, a in enumerate(owners)]
+    engine.generate(requests)
+    assert max(len(s) for s in steps) == len(owners), "base and every adapter should share a step"
+    for adapter_id, request in zip(owners, requests, strict=True):
+        assert request.num_output_tokens == 16
+        assert_matches_reference(peft_references[adapter_id], request, records)
+
+
+def test_staggered_arrivals_with_cold_loads(base_dir, adapter_root, peft_references):
+    engine = make_engine(base_dir, adapter_root)
+    records = capture_logits(engine)
+    owners = [ADAPTERS[3], None, ADAPTERS[0], ADAPTERS[4], ADAPTERS[1], ADAPTERS[5], ADAPTERS[2], ADAPTERS[3]]
+    requests = [
+        make_request(engine, a, PROMPTS[i % len(PROMPTS)], 10 + i, f"r{i}") for i, a in enumerate(owners)
+    ]
+    pending = list(requests)
+    engine.submit(pending.pop(0))
+    steps = 0
+    while pending or engine.scheduler.has_work:
+        if pending and steps % 2 == 1:
+            engine.submit(pending.pop(0))
+        engine.step()
+        if not engine.last_step_ran:
+            engine._apply_commands(block=True)
+        steps += 1
+    for adapter_id, request in zip(owners, requests, strict=True):
+        assert request.is_finished and request.num_output_tokens == request.params.max_new_tokens
+        assert_matches_reference(peft_references[adapter_id], request, records)
+
+
+@pytest.mark.parametrize("mode", ["together", "staggered"])
+def test_eviction_with_two_slots_and_six_adapters(base_dir, adapter_root, peft_references, mode):
+    engine = make_engine(base_dir, adapter_root, max_active_adapters=2)
+    records = capture_logits(engine)
+    steps = record_slots_per_step(engine)
+    requests = [make_request(engine, a, PROMPTS[i], 12, f"r{i}") for i, a in enumerate(ADAPTERS)]
+    if mode == "together":
+        engine.generate(requests)
+    else:
+        for request in requests:
+            engine.submit(request)
+            engine.step()
+        engine.generate([])
+    assert engine.adapters.stats.evictions >= 4
+    assert max(len(s - {-1}) for s in steps) <= 2
+    for adapter_id, request in zip(ADAPTERS, requests, strict=True):
+        assert request.num_output_tokens == 12
+        assert_matches_reference(peft_references[adapter_id], request, records)
+    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
+    assert all(entry.pins == 0 for entry in engine.adapters.entries())
+
+
+def test_fan_in_fan_out_on_linear_layers_is_ignored_as_peft_does(base_dir, tmp_path):
+    adapter = tmp_path / "root" / "fifo"
+    build_adapter(base_dir, adapter, seed=11, r=4, lora_alpha=4, target_modules=["q_proj", "down_proj"])
+    edit_config(adapter, fan_in_fan_out=True)
+    reference = load_peft_reference(base_dir, adapter)
+    engine = make_engine(base_dir, tmp_path / "root")
+    records = capture_logits(engine)
+    request = make_request(engine, "fifo", PROMPTS[0], 8, "fifo")
+    engine.generate([request])
+    assert_matches_reference(reference, request, records)
+
+
+def test_every_adapter_changes_the_logits(base_dir, peft_references):
+    """Guards the tests above: an engine that ignored adapters would fail them."""
+    ids = torch.tensor([list(range(5, 25))])
+    base = peft_references[None](ids).logits
+    for adapter_id in ADAPTERS:
+        delta = (peft_references[adapter_id](ids).logits - base).abs().max().item()
+        assert delta > 0.05, f"{adapter_id} barely changes the logits ({delta})"
