@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from loraplex.kernels import add_lora
 
 ROOT = Path(__file__).resolve().parents[1]

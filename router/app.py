@@ -9,9 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
 from loraplex.server.engine import Engine
 
-from . import generate
+from . import adapters, generate
 from .engine_client import EngineClient, Status
 from .errors import install_error_handlers
 
@@ -44,6 +45,7 @@ def create_app(
     app.state.client = client
     install_error_handlers(app)
     app.include_router(generate.router)
+    app.include_router(adapters.router)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -87,5 +89,8 @@ def _info(client: EngineClient) -> dict:
         block_size=info.block_size,
         kv_cache_blocks=info.num_kv_blocks,
         vocab_size=info.vocab_size,
+        max_active_adapters=info.adapter_slots,
+        max_lora_rank=info.max_lora_rank,
+        adapters=engine.adapters.tier_counts(),
     )
     return body

@@ -42,6 +42,16 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--kv-cache-memory-gib", type=float, default=1.0, help="KV cache budget on CPU")
     limits.add_argument("--gpu-memory-utilization", type=float, default=0.9)
 
+    adapters = parser.add_argument_group("adapters")
+    adapters.add_argument(
+        "--adapter-dir", action="append", default=[], help="a root folder of adapters (repeatable)"
+    )
+    adapters.add_argument("--max-active-adapters", type=int, default=32, help="GPU adapter slots")
+    adapters.add_argument("--max-lora-rank", type=int, default=64)
+    adapters.add_argument("--adapter-cpu-cache", type=int, default=128, help="adapters kept in host memory")
+    adapters.add_argument("--adapter-memory-gib", type=float, default=None, help="cap on GPU slot memory")
+    adapters.add_argument("--preload-adapter", action="append", default=[], help="load at start (repeatable)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraplex", description="Serve one LLM with many LoRA adapters.")
@@ -66,6 +76,12 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_input_length=args.max_input_length,
         max_total_tokens=args.max_total_tokens,
         max_stop_sequences=args.max_stop_sequences,
+        adapter_dirs=tuple(args.adapter_dir),
+        max_active_adapters=args.max_active_adapters,
+        max_lora_rank=args.max_lora_rank,
+        adapter_cpu_cache=args.adapter_cpu_cache,
+        adapter_memory_gib=args.adapter_memory_gib,
+        preload_adapters=tuple(args.preload_adapter),
     )
 
 
@@ -76,6 +92,7 @@ def fail(message: str) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
+
     from loraplex.server.engine import Engine
     from loraplex.server.models.loader import (
         ModelLoadError,

@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 
+from loraplex.server.adapters.sources import AdapterLocation
 from loraplex.server.engine import Engine
 from loraplex.server.request import RequestOutput, SamplingParams
 
@@ -82,7 +83,7 @@ class EngineClient:
             self.in_flight -= 1
 
     async def stream(
-        self, prompt_ids: list[int], params: SamplingParams, adapter_id: str | None = None
+        self, prompt_ids: list[int], params: SamplingParams, adapter: AdapterLocation | None = None
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its outputs; leaving early (client gone) aborts it in the engine."""
         engine = self.ready_engine()
@@ -92,7 +93,7 @@ class EngineClient:
         def deliver(output: RequestOutput) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, output)
 
-        request = engine.make_request(prompt_ids, params, sink=deliver, adapter_id=adapter_id)
+        request = engine.make_request(prompt_ids, params, sink=deliver, adapter=adapter)
         engine.submit(request)
         finished = False
         try:

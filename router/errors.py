@@ -27,6 +27,15 @@ class ApiError(Exception):
         return {"error": self.message, "error_type": self.error_type}
 
 
+def error_status(error_type: str | None) -> int:
+    """The status of an error the engine reported for a request."""
+    if error_type == VALIDATION:
+        return 422
+    if error_type == OVERLOADED:
+        return 429
+    return 424
+
+
 def validation_error(message: str) -> ApiError:
     return ApiError(422, message, VALIDATION)
 

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from loraplex.server.adapters.errors import AdapterError
+from loraplex.server.adapters.sources import AdapterLocation
 from loraplex.server.request import RequestOutput, SamplingParams
 
 from .engine_client import EngineClient
-from .errors import GENERATION, ApiError, validation_error
+from .errors import ApiError, error_status, validation_error
 from .schemas import Details, GenerateRequest, GenerateResponse, StreamDetails, StreamResponse, Token
 from .validation import to_sampling_params
 
@@ -25,6 +28,11 @@ class Prepared:
     prompt_ids: list[int]
     params: SamplingParams
     body: GenerateRequest
+    adapter: AdapterLocation | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-adapter-id": self.adapter.adapter_id if self.adapter else ""}
 
 
 def prepare(client: EngineClient, body: GenerateRequest) -> Prepared:
@@ -44,7 +52,18 @@ def prepare(client: EngineClient, body: GenerateRequest) -> Prepared:
     if problem:
         raise validation_error(problem)
     params = SamplingParams(**{**params.__dict__, "max_new_tokens": max_new_tokens})
-    return Prepared(prompt_ids, params, body)
+    adapter = locate_adapter(engine, body.parameters.adapter_id, body.parameters.adapter_source)
+    return Prepared(prompt_ids, params, body, adapter)
+
+
+def locate_adapter(engine, adapter_id: str | None, adapter_source: str | None) -> AdapterLocation | None:
+    """None for the base model (no id, an empty id, or the base model's own id); 422/424 if unusable."""
+    if not adapter_id or adapter_id == engine.info.model_id:
+        return None
+    try:
+        return engine.adapters.locate(adapter_id, adapter_source)
+    except AdapterError as error:
+        raise ApiError(error.status, str(error), error.error_type) from error
 
 
 def _token(output: RequestOutput) -> Token:
@@ -66,9 +85,9 @@ def _final_text(prepared: Prepared, output: RequestOutput) -> str:
 async def _collect(client: EngineClient, prepared: Prepared) -> tuple[list[Token], RequestOutput]:
     tokens: list[Token] = []
     last = None
-    async for output in client.stream(prepared.prompt_ids, prepared.params):
+    async for output in client.stream(prepared.prompt_ids, prepared.params, prepared.adapter):
         if output.error:
-            raise ApiError(424 if output.error_type == GENERATION else 422, output.error, output.error_type)
+            raise ApiError(error_status(output.error_type), output.error, output.error_type)
         tokens.append(_token(output))
         last = output
     return tokens, last
@@ -105,7 +124,7 @@ async def generate_once(client: EngineClient, prepared: Prepared, http_request: 
             tokens=tokens,
         )
     response = GenerateResponse(generated_text=_final_text(prepared, last), details=details)
-    headers = _timing_headers(started, last)
+    headers = {**_timing_headers(started, last), **prepared.headers}
     payload = response.model_dump()
     if details is None:
         del payload["details"]
@@ -131,7 +150,7 @@ def sse(payload: dict) -> str:
 async def stream_events(client: EngineClient, prepared: Prepared) -> AsyncIterator[str]:
     """SSE events; the place taken by `admit` is released when the stream ends, however it ends."""
     try:
-        async for output in client.stream(prepared.prompt_ids, prepared.params):
+        async for output in client.stream(prepared.prompt_ids, prepared.params, prepared.adapter):
             if output.error:
                 yield sse({"error": output.error, "error_type": output.error_type})
                 return
@@ -155,7 +174,7 @@ def stream_response(client: EngineClient, prepared: Prepared) -> StreamingRespon
     return StreamingResponse(
         stream_events(client, prepared),
         media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no", **prepared.headers},
     )
 
 

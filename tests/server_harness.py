@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
+
 from loraplex.router.app import create_app
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from loraplex.kernels import add_lora
 
 from .slots import AdapterSlots

@@ -1,5 +1,7 @@
 """The tiered adapter cache: GPU slots above a CPU tier of loaded weights above disk (or the hub).
 
+Every adapter ever asked for stays known (with its tier and counters) after it leaves memory.
+
 Loads run on background threads; the engine thread only asks `acquire(request)` for waiting requests
 and never waits. A slot that running requests use is pinned; when a slot is needed and none is free,
 the least recently used unpinned one is evicted. A failed load fails the requests waiting for it and is
@@ -151,8 +153,6 @@ class AdapterManager:
         excess = len(held) - self.cpu_capacity
         for entry in sorted(held, key=lambda e: e.last_used)[: max(excess, 0)]:
             entry.weights = None
-            if entry.slot is None and entry.future is None:
-                del self._entries[entry.location.key]
 
     # ---- engine thread ----------------------------------------------------------------------------
     def acquire(self, location: AdapterLocation) -> tuple[Readiness, int, AdapterError | None]:
@@ -215,8 +215,6 @@ class AdapterManager:
         entry.slot = None
         entry.activation = None
         self.stats.evictions += 1
-        if entry.weights is None:
-            del self._entries[entry.location.key]
 
     def _activate(self, entry: AdapterEntry, slot: int) -> None:
         self.slots.write(slot, entry.weights, stream=self._stream)
@@ -241,10 +239,10 @@ class AdapterManager:
             return True
 
     def unload(self, location: AdapterLocation) -> AdapterEntry:
-        """Drop an adapter from every tier; refused while running requests use it."""
+        """Drop an adapter from GPU and host memory (it stays known, on disk); refused while in use."""
         with self._lock:
             entry = self._entries.get(location.key)
-            if entry is None:
+            if entry is None or entry.tier == "disk":
                 raise KeyError(location.adapter_id)
             if entry.pins:
                 raise RuntimeError(
@@ -253,7 +251,6 @@ class AdapterManager:
             if entry.slot is not None:
                 self._evict(entry)
             entry.weights = None
-            self._entries.pop(location.key, None)
             return entry
 
     # ---- reporting (any thread) -------------------------------------------------------------------

@@ -4,6 +4,7 @@ import pytest
 import torch
 from adapter_factory import ADAPTER_SPECS, build_adapter, edit_config, load_peft_reference
 from engine.reference import assert_matches_reference, capture_logits
+
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
 from loraplex.server.request import SamplingParams

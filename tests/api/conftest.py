@@ -1,7 +1,8 @@
 import pytest
-from loraplex.server.config import EngineConfig
 from model_factory import build_model, load_reference
 from server_harness import serve
+
+from loraplex.server.config import EngineConfig
 
 
 @pytest.fixture(scope="session")

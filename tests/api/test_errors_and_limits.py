@@ -6,8 +6,9 @@ import time
 
 import httpx
 import pytest
-from loraplex.server.config import EngineConfig
 from server_harness import serve
+
+from loraplex.server.config import EngineConfig
 
 from .sse import parse_events
 

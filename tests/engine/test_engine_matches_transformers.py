@@ -1,6 +1,7 @@
 """The engine's logits and greedy tokens against transformers, however requests are batched."""
 
 import pytest
+
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
 from loraplex.server.request import SamplingParams

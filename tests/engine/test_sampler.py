@@ -4,8 +4,6 @@ import math
 
 import pytest
 import torch
-from loraplex.server.request import Request, SamplingParams
-from loraplex.server.sampler import SamplingBatch, apply_penalties, apply_warpers, sample, uniform_for
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -13,6 +11,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
     TypicalLogitsWarper,
 )
+
+from loraplex.server.request import Request, SamplingParams
+from loraplex.server.sampler import SamplingBatch, apply_penalties, apply_warpers, sample, uniform_for
 
 VOCAB = 50
 

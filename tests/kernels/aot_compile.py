@@ -21,9 +21,10 @@ import tempfile
 
 import torch
 import triton
+from triton.backends.compiler import GPUTarget
+
 from loraplex.kernels import lora_triton as lt
 from loraplex.kernels.lora_tuning import expand_config, shrink_config
-from triton.backends.compiler import GPUTarget
 
 H100_SMS = 132
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

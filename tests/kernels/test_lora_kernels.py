@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 from lora_cases import REGIMES, Spec, assert_close, make_case, oracle
+
 from loraplex.kernels import add_lora, add_lora_single, lora_expand, lora_shrink, resolve_backend
 from loraplex.kernels.lora_tuning import ExpandConfig, ShrinkConfig
 

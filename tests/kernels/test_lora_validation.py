@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from lora_cases import Spec, make_case
+
 from loraplex.kernels import add_lora, add_lora_single, lora_expand, lora_shrink
 
 SPEC = Spec(6, "uniform", torch.float32, in_features=8, widths=(4, 3), rank_choices=(2, 4), r_max=4)
