@@ -12,7 +12,6 @@ import logging
 import queue
 import random
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch
 from .adapters.manager import AdapterManager, make_reader
 from .adapters.slots import AdapterSlots, slot_bytes
 from .adapters.sources import AdapterLocation, AdapterSources
+from .batch import ScheduledBatch
 from .config import ConfigError, EngineConfig, Limits, resolve_limits
 from .kv_cache import BlockAllocator, KVCache
 from .model_runner import ModelRunner
@@ -28,7 +28,7 @@ from .models.attention import TorchAttention
 from .models.loader import build_model, check_model_folder, load_config, resolve_model_path
 from .placement import choose_device, choose_dtype, kv_cache_blocks
 from .request import OutputSink, Request, RequestOutput, RequestStatus, SamplingParams
-from .scheduler import ScheduledBatch, Scheduler
+from .scheduler import Scheduler
 from .tokenizer import IncrementalDetokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ class Engine:
         self.num_steps = 0
         self.num_aborted = 0
         self.last_step_ran = False
+        self.num_batched_rows = 0
+        self.last_batch_size = 0
 
     # ---- requests -------------------------------------------------------------------------------
     def make_request(
@@ -214,12 +216,14 @@ class Engine:
         if not batch.rows:
             return []
         try:
-            token_ids, logprobs = self.runner.run(batch)
+            step = self.runner.run(batch)
         except Exception as error:  # noqa: BLE001 - a failed step fails its requests, not the engine
             return self._fail_batch(batch, error)
         self._consecutive_failures = 0
         self.num_steps += 1
-        outputs = self.scheduler.postprocess(batch, token_ids, logprobs)
+        self.num_batched_rows += len(batch.rows)
+        self.last_batch_size = len(batch.rows)
+        outputs = self.scheduler.postprocess(batch, step)
         self._deliver(outputs)
         return outputs
 
@@ -228,8 +232,6 @@ class Engine:
             request = self._requests.get(output.request_id)
             if request is None:
                 continue
-            if request.first_token_time is None:
-                request.first_token_time = time.monotonic()
             if output.finished:
                 del self._requests[output.request_id]
             if request.sink is not None:

@@ -13,11 +13,12 @@ import torch
 
 from .adapters.lora_batch import LoraBatch
 from .adapters.slots import AdapterSlots
+from .batch import ScheduledBatch, StepOutput
 from .models.attention import AttentionMetadata
 from .models.context import ForwardContext, forward_context
 from .models.llama import CausalLM
+from .request import PromptToken
 from .sampler import SamplingBatch, sample
-from .scheduler import ScheduledBatch
 
 
 @dataclass
@@ -105,20 +106,59 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Runs the model over the batch -> logits [N, V] float32 of the rows that sample."""
+        """Runs the model over the batch -> logits [N, V] float32 of the rows that sample.
+
+        Prompt log-probabilities, for requests that asked, are computed here too (they need the hidden
+        states of every prompt position, not only the last).
+        """
         inputs = self.prepare(batch)
         context = ForwardContext(attention=inputs.attention, lora=self.lora_context(inputs))
         with forward_context(context):
             hidden = self.model(inputs.input_ids)
+        if any(row.request.params.prompt_logprobs for row in batch.rows):
+            self._prompt_logprobs(batch, inputs, hidden)
         return self.model.compute_logits(hidden[inputs.logits_indices])
 
+    def _prompt_logprobs(self, batch: ScheduledBatch, inputs: StepInputs, hidden: torch.Tensor) -> None:
+        """Append log p(prompt[p + 1] | prompt[:p + 1]) for the prompt positions p this step computed."""
+        for row, first in zip(batch.rows, inputs.attention.query_starts, strict=True):
+            request = row.request
+            if not request.params.prompt_logprobs:
+                continue
+            prompt = request.prompt_token_ids
+            if not request.prompt_logprobs:
+                request.prompt_logprobs.append(PromptToken(prompt[0], None))
+            begin = max(row.start, len(request.prompt_logprobs) - 1)
+            end = min(row.start + row.num_tokens, len(prompt) - 1)
+            if begin >= end:
+                continue
+            positions = torch.arange(first + begin - row.start, first + end - row.start, device=hidden.device)
+            logprobs = self.model.compute_logits(hidden[positions]).log_softmax(dim=1)
+            targets = torch.tensor(prompt[begin + 1 : end + 1], device=hidden.device)
+            chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+            top = None
+            if request.params.top_n_tokens:
+                values, ids = logprobs.topk(request.params.top_n_tokens, dim=1)
+                top = [
+                    list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+                ]
+            for k, token in enumerate(prompt[begin + 1 : end + 1]):
+                request.prompt_logprobs.append(PromptToken(token, chosen[k], top[k] if top else None))
+
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[int], list[float]]:
-        """One step: forward and sample -> (token id, logprob) per sampling row, in row order."""
+    def run(self, batch: ScheduledBatch) -> StepOutput:
+        """One step: forward and sample -> the token, logprob and alternatives of each sampling row."""
         logits = self.execute(batch)
         requests = [row.request for row in batch.sampling_rows]
         if not requests:
-            return [], []
+            return StepOutput([], [], [])
         sampling = SamplingBatch.build(requests, logits.shape[1], self.device)
-        tokens, logprobs = sample(logits, sampling)
-        return tokens.tolist(), logprobs.tolist()
+        result = sample(logits, sampling)
+        top: list[list[tuple[int, float]] | None] = [None] * len(requests)
+        if result.top_ids is not None:
+            ids, values = result.top_ids.tolist(), result.top_logprobs.tolist()
+            for i, request in enumerate(requests):
+                n = request.params.top_n_tokens
+                if n:
+                    top[i] = list(zip(ids[i][:n], values[i][:n], strict=True))
+        return StepOutput(result.tokens.tolist(), result.logprobs.tolist(), top)

@@ -27,6 +27,8 @@ class SamplingParams:
 
     Sampling happens when `do_sample` is set or any warper (temperature != 1, top_k, top_p < 1,
     typical_p < 1) is; otherwise decoding is greedy. `seed` None means the engine picks one (and reports it).
+    `top_n_tokens` > 0 reports that many most likely alternatives per generated token;
+    `prompt_logprobs` reports the log-probability of every prompt token given the ones before it.
     """
 
     max_new_tokens: int = 20
@@ -41,6 +43,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos_token: bool = False
+    top_n_tokens: int = 0
+    prompt_logprobs: bool = False
 
     @property
     def sampling(self) -> bool:
@@ -55,12 +59,33 @@ class SamplingParams:
 
 @dataclass
 class TokenOutput:
-    """One generated token: id, its text delta, log-probability, and whether it is a special token."""
+    """One generated token: id, its text delta, log-probability, whether it is special, and the
+    most likely alternatives as (id, logprob) when asked for."""
 
     id: int
     text: str
     logprob: float
     special: bool
+    top: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class PromptToken:
+    """A prompt token with its log-probability given the tokens before it (None for the first)."""
+
+    id: int
+    logprob: float | None
+    top: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class RequestTimes:
+    """Monotonic timestamps of a request's life in the engine."""
+
+    arrival: float
+    scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
 
 
 @dataclass
@@ -77,6 +102,8 @@ class RequestOutput:
     seed: int | None = None
     error: str | None = None
     error_type: str | None = None
+    prompt: list[PromptToken] | None = None
+    times: RequestTimes | None = None
 
 
 OutputSink = Callable[[RequestOutput], None]
@@ -98,8 +125,9 @@ class Request:
     seed: int
     adapter: Any = None
     sink: OutputSink | None = None
-    arrival_time: float = field(default_factory=time.monotonic)
+    times: RequestTimes = field(default_factory=lambda: RequestTimes(time.monotonic()))
     token_ids: list[int] = field(init=False)
+    prompt_logprobs: list[PromptToken] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
@@ -108,7 +136,6 @@ class Request:
     finish_reason: FinishReason | None = None
     detokenizer: Any = None
     num_preemptions: int = 0
-    first_token_time: float | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -47,6 +47,7 @@ class SamplingBatch:
     all_tokens: torch.Tensor | None
     output_tokens: torch.Tensor | None
     max_top_k: int
+    max_top_n: int
     any_sampling: bool
     any_top_p: bool
     any_typical_p: bool
@@ -82,6 +83,7 @@ class SamplingBatch:
             all_tokens=all_tokens,
             output_tokens=output_tokens,
             max_top_k=max((p.top_k for p in params if p.sampling), default=0),
+            max_top_n=max((p.top_n_tokens for p in params), default=0),
             any_sampling=any(sampling),
             any_top_p=any(p.sampling and p.top_p < 1.0 for p in params),
             any_typical_p=any(p.sampling and p.typical_p < 1.0 for p in params),
@@ -154,8 +156,18 @@ def _typical(logits: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(remove & ~neutral, float("-inf"))
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, V] float32 -> (token ids [B] int64, their log-probabilities [B] float32).
+@dataclass
+class SampleResult:
+    """tokens [B] int64 and logprobs [B]; top_ids / top_logprobs [B, n] when alternatives were asked for."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    top_ids: torch.Tensor | None = None
+    top_logprobs: torch.Tensor | None = None
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
+    """logits [B, V] float32 -> the chosen tokens and their log-probabilities (+ top-n alternatives).
 
     The log-probability is taken under the distribution the token was chosen from (after penalties,
     and after the warpers for sampling rows).
@@ -170,5 +182,9 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, to
         drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=logits.shape[1] - 1)
         tokens = torch.where(batch.sampling, drawn, tokens)
         logits = torch.where(batch.sampling.unsqueeze(1), warped, logits)
-    logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=1)
-    return tokens, logprobs
+    normalizer = logits.logsumexp(dim=1, keepdim=True)
+    logprobs = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - normalizer.squeeze(1)
+    if batch.max_top_n == 0:
+        return SampleResult(tokens, logprobs)
+    top = logits.topk(min(batch.max_top_n, logits.shape[1]), dim=1)
+    return SampleResult(tokens, logprobs, top.indices, top.values - normalizer)

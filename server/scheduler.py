@@ -10,37 +10,14 @@ one contiguous segment.
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters.manager import Readiness
+from .batch import ScheduledBatch, ScheduledRow, StepOutput
 from .kv_cache import BlockAllocator
 from .request import FinishReason, Request, RequestOutput, RequestStatus, TokenOutput
-
-
-@dataclass
-class ScheduledRow:
-    """`num_tokens` tokens of `request` starting at position `start`; `samples` if they end its sequence."""
-
-    request: Request
-    start: int
-    num_tokens: int
-    samples: bool
-
-
-@dataclass
-class ScheduledBatch:
-    rows: list[ScheduledRow]
-    failed: list[tuple[Request, Exception]] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(row.num_tokens for row in self.rows)
-
-    @property
-    def sampling_rows(self) -> list[ScheduledRow]:
-        return [row for row in self.rows if row.samples]
 
 
 class Scheduler:
@@ -187,23 +164,24 @@ class Scheduler:
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
 
-    def postprocess(
-        self, batch: ScheduledBatch, token_ids: list[int], logprobs: list[float]
-    ) -> list[RequestOutput]:
+    def postprocess(self, batch: ScheduledBatch, step: StepOutput) -> list[RequestOutput]:
         """Advance every row by the tokens it computed; append sampled tokens; finish what is done."""
         outputs = []
-        sampled = iter(zip(token_ids, logprobs, strict=True))
+        sampled = iter(zip(step.token_ids, step.logprobs, step.top, strict=True))
+        now = time.monotonic()
         for row in batch.rows:
             request = row.request
-            if not row.samples:
-                request.num_computed_tokens += row.num_tokens
-                continue
-            token_id, logprob = next(sampled)
+            if request.times.scheduled is None:
+                request.times.scheduled = now
             request.num_computed_tokens += row.num_tokens
-            outputs.append(self._append_token(request, token_id, logprob))
+            if row.samples:
+                token_id, logprob, top = next(sampled)
+                outputs.append(self._append_token(request, token_id, logprob, top, now))
         return outputs
 
-    def _append_token(self, request: Request, token_id: int, logprob: float) -> RequestOutput:
+    def _append_token(
+        self, request: Request, token_id: int, logprob: float, top: list | None, now: float
+    ) -> RequestOutput:
         request.token_ids.append(token_id)
         request.output_logprobs.append(logprob)
         detokenizer = request.detokenizer
@@ -216,9 +194,11 @@ class Scheduler:
             reason = FinishReason.EOS_TOKEN
         elif detokenizer.stop_matched(text):
             reason = FinishReason.STOP_SEQUENCE
+        if request.times.first_token is None:
+            request.times.first_token = now
         output = RequestOutput(
             request_id=request.request_id,
-            token=TokenOutput(token_id, text, logprob, special),
+            token=TokenOutput(token_id, text, logprob, special, top),
             prompt_tokens=request.num_prompt_tokens,
             generated_tokens=request.num_output_tokens,
             seed=request.seed,
@@ -230,4 +210,7 @@ class Scheduler:
             output.finished = True
             output.finish_reason = reason
             output.generated_text = detokenizer.final_text(request.output_token_ids)
+            output.prompt = request.prompt_logprobs or None
+            request.times.finished = now
+            output.times = request.times
         return output

@@ -101,3 +101,22 @@ def test_a_request_that_can_never_fit_is_refused_not_hung(model_dirs):
     engine.generate([request])
     assert outputs[-1].error_type == "validation" and "max_new_tokens" in outputs[-1].error
     assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
+
+
+def test_prompt_logprobs_match_transformers_across_chunks(model_dirs, references):
+    from .reference import reference_logits
+
+    engine = make_engine(model_dirs["qwen2"], max_batch_prefill_tokens=5)
+    outputs = []
+    ids = engine.tokenizer(PROMPTS[1]).input_ids
+    params = SamplingParams(max_new_tokens=3, prompt_logprobs=True, top_n_tokens=3, ignore_eos_token=True)
+    request = engine.make_request(ids, params, sink=outputs.append)
+    engine.generate([request])
+    prompt = outputs[-1].prompt
+    assert [t.id for t in prompt] == ids and prompt[0].logprob is None
+    expected = reference_logits(references["qwen2"], ids).log_softmax(dim=1)
+    for position, token in enumerate(prompt[1:], start=1):
+        assert abs(token.logprob - expected[position - 1, ids[position]].item()) < 1e-4
+        top_ids = expected[position - 1].topk(3).indices.tolist()
+        assert [i for i, _ in token.top] == top_ids
+    assert all(len(o.token.top) == 3 for o in outputs)

@@ -81,9 +81,19 @@ def test_frequency_and_presence_penalties_follow_openai():
 def test_greedy_rows_take_the_argmax_and_report_its_logprob():
     logits = torch.randn(3, VOCAB)
     requests = [make_request(SamplingParams()) for _ in range(3)]
-    tokens, logprobs = sample(logits, SamplingBatch.build(requests, VOCAB, torch.device("cpu")))
-    assert torch.equal(tokens, logits.argmax(dim=1))
-    torch.testing.assert_close(logprobs, logits.log_softmax(dim=1).max(dim=1).values)
+    result = sample(logits, SamplingBatch.build(requests, VOCAB, torch.device("cpu")))
+    assert torch.equal(result.tokens, logits.argmax(dim=1))
+    torch.testing.assert_close(result.logprobs, logits.log_softmax(dim=1).max(dim=1).values)
+    assert result.top_ids is None
+
+
+def test_top_n_alternatives_are_the_most_likely_tokens():
+    logits = torch.randn(3, VOCAB)
+    requests = [make_request(SamplingParams(top_n_tokens=n)) for n in (0, 2, 5)]
+    result = sample(logits, SamplingBatch.build(requests, VOCAB, torch.device("cpu")))
+    expected = logits.log_softmax(dim=1).topk(5, dim=1)
+    assert torch.equal(result.top_ids, expected.indices)
+    torch.testing.assert_close(result.top_logprobs, expected.values)
 
 
 def test_draws_follow_the_distribution():
@@ -92,9 +102,8 @@ def test_draws_follow_the_distribution():
     probs = logits.softmax(dim=1)[0]
     draws = 4000
     requests = [make_request(SamplingParams(do_sample=True), seed=s) for s in range(draws)]
-    tokens, _ = sample(
-        logits.expand(draws, -1).clone(), SamplingBatch.build(requests, 8, torch.device("cpu"))
-    )
+    batch = SamplingBatch.build(requests, 8, torch.device("cpu"))
+    tokens = sample(logits.expand(draws, -1).clone(), batch).tokens
     counts = torch.bincount(tokens, minlength=8).float()
     expected = probs * draws
     chi2 = (((counts - expected) ** 2) / expected).sum().item()
@@ -113,8 +122,8 @@ def test_seeded_row_draws_the_same_token_whatever_the_batch():
     torch.manual_seed(2)
     logits = torch.randn(6, VOCAB)
     target = make_request(SamplingParams(do_sample=True, temperature=1.5, top_p=0.95), seed=123)
-    alone, _ = sample(logits[:1].clone(), SamplingBatch.build([target], VOCAB, torch.device("cpu")))
+    alone = sample(logits[:1].clone(), SamplingBatch.build([target], VOCAB, torch.device("cpu"))).tokens
     company = [make_request(p, seed=i) for i, p in enumerate(ROW_PARAMS[:5])]
     busy_logits = torch.cat([logits[1:], logits[:1]])
-    busy, _ = sample(busy_logits, SamplingBatch.build([*company, target], VOCAB, torch.device("cpu")))
+    busy = sample(busy_logits, SamplingBatch.build([*company, target], VOCAB, torch.device("cpu"))).tokens
     assert busy[-1] == alone[0]
