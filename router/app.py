@@ -5,16 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from loraplex.server.engine import Engine
 
-from . import adapters, generate
+from . import adapters, generate, openai_routes
+from .auth import ApiKeyAuth, RateLimiter
 from .engine_client import EngineClient, Status
-from .errors import install_error_handlers
+from .errors import ApiError, install_error_handlers
+from .generation import Generator
+from .metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """HTTP-side settings (the engine has its own EngineConfig)."""
+
+    max_concurrent_requests: int = 128
+    api_keys: frozenset[str] = frozenset()
+    metrics_without_auth: bool = False
+    rate_limit_requests: int | None = None
+    rate_limit_tokens: int | None = None
+    request_timeout: float | None = None
+    adapter_label_limit: int = 100
 
 
 def package_version() -> str:
@@ -26,11 +43,14 @@ def package_version() -> str:
 
 def create_app(
     engine_factory: Callable[[], Engine],
-    max_concurrent_requests: int = 128,
+    settings: ServerSettings | None = None,
     on_load_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The app builds its engine with `engine_factory` after it starts listening."""
-    client = EngineClient(engine_factory, max_concurrent_requests)
+    """The app builds its engine with `engine_factory` after it starts listening (/health says 503 until then)."""
+    settings = settings or ServerSettings()
+    client = EngineClient(engine_factory, settings.max_concurrent_requests)
+    metrics = Metrics(lambda: client.engine, settings.adapter_label_limit)
+    limiter = RateLimiter(settings.rate_limit_requests, settings.rate_limit_tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -43,9 +63,15 @@ def create_app(
 
     app = FastAPI(title="loraplex", version=package_version(), lifespan=lifespan)
     app.state.client = client
-    install_error_handlers(app)
+    app.state.metrics = metrics
+    app.state.generator = Generator(client, metrics, limiter, settings.request_timeout)
+    app.state.settings = settings
+    install_error_handlers(app, on_api_error=lambda request, error: _count_error(metrics, request, error))
     app.include_router(generate.router)
+    app.include_router(openai_routes.router)
     app.include_router(adapters.router)
+    open_paths = {"/health"} | ({"/metrics"} if settings.metrics_without_auth else set())
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, open_paths=frozenset(open_paths))
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -57,7 +83,18 @@ def create_app(
     async def info(request: Request) -> JSONResponse:
         return JSONResponse(_info(request.app.state.client))
 
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        return Response(
+            request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
     return app
+
+
+def _count_error(metrics: Metrics, request: Request, error: ApiError) -> None:
+    if request.url.path in ("/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions"):
+        metrics.count(getattr(request.state, "adapter_id", None), error.error_type)
 
 
 async def _load(client: EngineClient, on_load_failure: Callable[[str], None] | None) -> None:

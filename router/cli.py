@@ -25,6 +25,25 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     http.add_argument("--port", type=int, default=8080)
     http.add_argument("--max-concurrent-requests", type=int, default=128)
     http.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    http.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is ended")
+    http.add_argument(
+        "--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests"
+    )
+
+    security = parser.add_argument_group("auth, rate limits and metrics")
+    security.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable)")
+    security.add_argument("--api-key-file", default=None, help="file with one API key per line")
+    security.add_argument(
+        "--metrics-without-auth", action="store_true", help="leave /metrics open when API keys are set"
+    )
+    security.add_argument("--rate-limit-requests", type=int, default=None, help="requests per minute per key")
+    security.add_argument("--rate-limit-tokens", type=int, default=None, help="tokens per minute per key")
+    security.add_argument(
+        "--metrics-adapter-label-limit",
+        type=int,
+        default=100,
+        help="adapters named in metric labels, then 'other'",
+    )
 
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument("--max-input-length", type=int, default=None, help="default: min(1024, context - 1)")
@@ -101,7 +120,9 @@ def serve(args: argparse.Namespace) -> None:
         resolve_model_path,
     )
 
-    from .app import create_app
+    from .app import ServerSettings, create_app
+    from .auth import read_api_keys
+    from .draining import DrainingServer
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -114,17 +135,30 @@ def serve(args: argparse.Namespace) -> None:
     except (ConfigError, ModelLoadError) as error:
         fail(str(error))
 
+    try:
+        settings = ServerSettings(
+            max_concurrent_requests=args.max_concurrent_requests,
+            api_keys=read_api_keys(args.api_key, args.api_key_file),
+            metrics_without_auth=args.metrics_without_auth,
+            rate_limit_requests=args.rate_limit_requests,
+            rate_limit_tokens=args.rate_limit_tokens,
+            request_timeout=args.request_timeout,
+            adapter_label_limit=args.metrics_adapter_label_limit,
+        )
+    except OSError as error:
+        fail(f"--api-key-file: {error}")
+
     failure: list[str] = []
-    server: uvicorn.Server | None = None
+    server: DrainingServer | None = None
 
     def on_load_failure(message: str) -> None:
         failure.append(message)
         if server is not None:
             server.should_exit = True
 
-    app = create_app(lambda: Engine(config), args.max_concurrent_requests, on_load_failure)
+    app = create_app(lambda: Engine(config), settings, on_load_failure)
     uvicorn_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-    server = uvicorn.Server(uvicorn_config)
+    server = DrainingServer(uvicorn_config, app.state.client, args.shutdown_timeout)
     logger.info("loraplex serving %s on http://%s:%d", config.model_id, args.host, args.port)
     server.run()
     if failure:

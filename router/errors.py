@@ -54,14 +54,18 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, on_api_error=None) -> None:
+    """Every error as {"error", "error_type"}; `on_api_error(request, error)` sees each one (metrics)."""
+
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        if on_api_error is not None:
+            on_api_error(request, error)
         return error_response(error.status, error.message, error.error_type, error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(422, _describe(error.errors()), VALIDATION)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        return await api_error(request, validation_error(_describe(error.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

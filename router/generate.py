@@ -1,59 +1,36 @@
-"""LoRAX's native routes: POST /generate, POST /generate_stream (SSE) and POST / (either, by `stream`)."""
+"""LoRAX's native routes: POST /generate, POST /generate_stream (SSE), POST / (either, by `stream`)
+and POST /tokenize."""
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from loraplex.server.adapters.errors import AdapterError
 from loraplex.server.adapters.sources import AdapterLocation
-from loraplex.server.request import RequestOutput, SamplingParams
+from loraplex.server.request import PromptToken, RequestOutput, TokenOutput
 
-from .engine_client import EngineClient
-from .errors import ApiError, error_status, validation_error
-from .schemas import Details, GenerateRequest, GenerateResponse, StreamDetails, StreamResponse, Token
+from .errors import ApiError, validation_error
+from .generation import Completion, Generator, Job
+from .schemas import (
+    AlternativeToken,
+    BestOfSequence,
+    Details,
+    GenerateRequest,
+    PrefillToken,
+    StreamDetails,
+    StreamResponse,
+    Token,
+    TokenizeRequest,
+)
 from .validation import to_sampling_params
 
 router = APIRouter()
-
-
-@dataclass
-class Prepared:
-    prompt_ids: list[int]
-    params: SamplingParams
-    body: GenerateRequest
-    adapter: AdapterLocation | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"x-adapter-id": self.adapter.adapter_id if self.adapter else ""}
-
-
-def prepare(client: EngineClient, body: GenerateRequest) -> Prepared:
-    """Validate and tokenize; every problem is a 422 raised before anything is streamed."""
-    engine = client.ready_engine()
-    if not body.inputs:
-        raise validation_error("`inputs` cannot be empty")
-    params = to_sampling_params(body.parameters, engine.info.max_stop_sequences)
-    prompt_ids = engine.tokenizer(body.inputs).input_ids
-    if body.parameters.truncate is not None:
-        prompt_ids = prompt_ids[-body.parameters.truncate :]
-    limits = engine.limits
-    max_new_tokens = body.parameters.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = max(limits.max_total_tokens - len(prompt_ids), 1)
-    problem = engine.check_lengths(len(prompt_ids), max_new_tokens)
-    if problem:
-        raise validation_error(problem)
-    params = SamplingParams(**{**params.__dict__, "max_new_tokens": max_new_tokens})
-    adapter = locate_adapter(engine, body.parameters.adapter_id, body.parameters.adapter_source)
-    return Prepared(prompt_ids, params, body, adapter)
 
 
 def locate_adapter(engine, adapter_id: str | None, adapter_source: str | None) -> AdapterLocation | None:
@@ -66,139 +43,202 @@ def locate_adapter(engine, adapter_id: str | None, adapter_source: str | None) -
         raise ApiError(error.status, str(error), error.error_type) from error
 
 
-def _token(output: RequestOutput) -> Token:
-    token = output.token
-    return Token(id=token.id, text=token.text, logprob=token.logprob, special=token.special)
+def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> list[Job]:
+    """Validate and tokenize; every problem is raised (422/424) before anything is streamed.
+
+    Returns one job, or `best_of` jobs that differ only in their seeds.
+    """
+    engine = http_request.app.state.client.ready_engine()
+    p = body.parameters
+    http_request.state.adapter_id = p.adapter_id
+    if not body.inputs:
+        raise validation_error("`inputs` cannot be empty")
+    params = to_sampling_params(p, engine.info.max_stop_sequences, streaming)
+    prompt_ids = engine.tokenizer(body.inputs).input_ids
+    if p.truncate is not None:
+        prompt_ids = prompt_ids[-p.truncate :]
+    max_new_tokens = p.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = max(engine.limits.max_total_tokens - len(prompt_ids), 1)
+    problem = engine.check_lengths(len(prompt_ids), max_new_tokens)
+    if problem:
+        raise validation_error(problem)
+    params = dataclasses.replace(params, max_new_tokens=max_new_tokens)
+    adapter = locate_adapter(engine, p.adapter_id, p.adapter_source)
+    return [Job(prompt_ids, params, adapter) for _ in range(p.best_of or 1)]
 
 
-def _reported_seed(prepared: Prepared, output: RequestOutput) -> int | None:
-    return output.seed if prepared.params.sampling else None
+def _alternatives(tokenizer, top) -> list[AlternativeToken] | None:
+    if top is None:
+        return None
+    return [AlternativeToken(id=i, text=tokenizer.decode([i]), logprob=lp) for i, lp in top]
 
 
-def _final_text(prepared: Prepared, output: RequestOutput) -> str:
+def _token(tokenizer, token: TokenOutput) -> Token:
+    return Token(
+        id=token.id,
+        text=token.text,
+        logprob=token.logprob,
+        special=token.special,
+        alternative_tokens=_alternatives(tokenizer, token.top),
+    )
+
+
+def _prefill(tokenizer, prompt: list[PromptToken] | None) -> list[PrefillToken]:
+    return [PrefillToken(id=t.id, text=tokenizer.decode([t.id]), logprob=t.logprob) for t in prompt or []]
+
+
+def _seed(job: Job, output: RequestOutput) -> int | None:
+    return output.seed if job.params.sampling else None
+
+
+def _text(body: GenerateRequest, output: RequestOutput) -> str:
     text = output.generated_text or ""
-    if prepared.body.parameters.return_full_text:
-        text = prepared.body.inputs + text
-    return text
+    return body.inputs + text if body.parameters.return_full_text else text
 
 
-async def _collect(client: EngineClient, prepared: Prepared) -> tuple[list[Token], RequestOutput]:
-    tokens: list[Token] = []
-    last = None
-    async for output in client.stream(prepared.prompt_ids, prepared.params, prepared.adapter):
-        if output.error:
-            raise ApiError(error_status(output.error_type), output.error, output.error_type)
-        tokens.append(_token(output))
-        last = output
-    return tokens, last
+def _headers(job: Job, completion: Completion, started: float) -> dict[str, str]:
+    """LoRAX's timing headers (milliseconds, as TGI sends them) and the adapter served."""
+    last = completion.last
+    total_ms = int((time.monotonic() - started) * 1000)
+    times = last.times
+    queue_ms = inference_ms = 0
+    if times is not None and times.scheduled is not None:
+        queue_ms = int((times.scheduled - times.arrival) * 1000)
+        inference_ms = int(((times.finished or times.scheduled) - times.scheduled) * 1000)
+    return {
+        "x-compute-type": "gpu" if job.adapter is None else "gpu+lora",
+        "x-compute-time": f"{total_ms / 1000:.3f}",
+        "x-total-time": str(total_ms),
+        "x-validation-time": "0",
+        "x-queue-time": str(queue_ms),
+        "x-inference-time": str(inference_ms),
+        "x-time-per-token": str(inference_ms // max(last.generated_tokens, 1)),
+        "x-prompt-tokens": str(last.prompt_tokens),
+        "x-generated-tokens": str(last.generated_tokens),
+        "x-adapter-id": job.adapter_id or "",
+    }
 
 
-async def _until_disconnected(http_request: Request) -> None:
-    while not await http_request.is_disconnected():
-        await asyncio.sleep(0.25)
-
-
-async def generate_once(client: EngineClient, prepared: Prepared, http_request: Request) -> JSONResponse:
-    """Run to completion; a client that hangs up meanwhile has its request aborted in the engine."""
-    client.admit()
+async def generate_response(http_request: Request, body: GenerateRequest) -> tuple[dict, dict[str, str]]:
+    """Run a native request to the end -> (response body, headers)."""
     started = time.monotonic()
-    work = asyncio.ensure_future(_collect(client, prepared))
-    watcher = asyncio.ensure_future(_until_disconnected(http_request))
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-        client.release()
-    if work.cancelled():
-        return JSONResponse({"error": "client disconnected", "error_type": "cancelled"}, status_code=499)
-    tokens, last = work.result()
-    details = None
-    if prepared.body.parameters.details:
+    jobs = prepare(http_request, body, streaming=False)
+    generator: Generator = http_request.app.state.generator
+    completions = await generator.complete(jobs, http_request)
+    tokenizer = http_request.app.state.client.engine.tokenizer
+    best = max(range(len(completions)), key=lambda i: completions[i].cumulative_logprob)
+    chosen, last = completions[best], completions[best].last
+    payload: dict = {"generated_text": _text(body, last)}
+    if body.parameters.details:
+        others = [
+            BestOfSequence(
+                generated_text=_text(body, c.last),
+                finish_reason=c.last.finish_reason.value,
+                generated_tokens=c.last.generated_tokens,
+                seed=_seed(jobs[i], c.last),
+                prefill=_prefill(tokenizer, c.last.prompt),
+                tokens=[_token(tokenizer, t) for t in c.tokens],
+            )
+            for i, c in enumerate(completions)
+            if i != best
+        ]
         details = Details(
             finish_reason=last.finish_reason.value,
             prompt_tokens=last.prompt_tokens,
             generated_tokens=last.generated_tokens,
-            seed=_reported_seed(prepared, last),
-            tokens=tokens,
+            seed=_seed(jobs[best], last),
+            prefill=_prefill(tokenizer, last.prompt),
+            tokens=[_token(tokenizer, t) for t in chosen.tokens],
+            best_of_sequences=others or None,
         )
-    response = GenerateResponse(generated_text=_final_text(prepared, last), details=details)
-    headers = {**_timing_headers(started, last), **prepared.headers}
-    payload = response.model_dump()
-    if details is None:
-        del payload["details"]
-    return JSONResponse(payload, headers=headers)
-
-
-def _timing_headers(started: float, last: RequestOutput) -> dict[str, str]:
-    elapsed_ms = int((time.monotonic() - started) * 1000)
-    generated = max(last.generated_tokens, 1)
-    return {
-        "x-compute-time": f"{elapsed_ms / 1000:.3f}",
-        "x-total-time": str(elapsed_ms),
-        "x-time-per-token": str(elapsed_ms // generated),
-        "x-prompt-tokens": str(last.prompt_tokens),
-        "x-generated-tokens": str(last.generated_tokens),
-    }
+        payload["details"] = _prune(details.model_dump())
+    return payload, _headers(jobs[best], chosen, started)
 
 
 def sse(payload: dict) -> str:
     return f"data:{json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def stream_events(client: EngineClient, prepared: Prepared) -> AsyncIterator[str]:
-    """SSE events; the place taken by `admit` is released when the stream ends, however it ends."""
+async def stream_events(http_request: Request, body: GenerateRequest, job: Job) -> AsyncIterator[str]:
+    generator: Generator = http_request.app.state.generator
+    tokenizer = http_request.app.state.client.engine.tokenizer
+    tokens = 0
     try:
-        async for output in client.stream(prepared.prompt_ids, prepared.params, prepared.adapter):
-            if output.error:
-                yield sse({"error": output.error, "error_type": output.error_type})
-                return
-            event = StreamResponse(token=_token(output))
+        async for output in generator.outputs(job):
+            tokens = output.prompt_tokens + output.generated_tokens
+            event = StreamResponse(token=_token(tokenizer, output.token))
             if output.finished:
-                event.generated_text = _final_text(prepared, output)
-                if prepared.body.parameters.details:
+                event.generated_text = _text(body, output)
+                if body.parameters.details:
                     event.details = StreamDetails(
                         finish_reason=output.finish_reason.value,
                         prompt_tokens=output.prompt_tokens,
                         generated_tokens=output.generated_tokens,
-                        seed=_reported_seed(prepared, output),
+                        seed=_seed(job, output),
                     )
-            yield sse(event.model_dump())
+            yield sse(_prune(event.model_dump()))
+    except ApiError as error:
+        generator.metrics.count(job.adapter_id, error.error_type)
+        yield sse(error.body())
     finally:
-        client.release()
+        generator.end(http_request, tokens)
 
 
-def stream_response(client: EngineClient, prepared: Prepared) -> StreamingResponse:
-    client.admit()
+_OPTIONAL = frozenset({"alternative_tokens", "best_of_sequences"})
+
+
+def _prune(value):
+    """Drop the optional fields LoRAX leaves out when unused (other nulls, like a seed, stay)."""
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if not (k in _OPTIONAL and v is None)}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+def stream_response(http_request: Request, body: GenerateRequest) -> StreamingResponse:
+    job = prepare(http_request, body, streaming=True)[0]
+    generator: Generator = http_request.app.state.generator
+    generator.begin(http_request)
     return StreamingResponse(
-        stream_events(client, prepared),
+        stream_events(http_request, body, job),
         media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no", **prepared.headers},
+        headers={
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            "x-adapter-id": job.adapter_id or "",
+        },
     )
 
 
 @router.post("/generate")
 async def generate(body: GenerateRequest, request: Request) -> JSONResponse:
-    client: EngineClient = request.app.state.client
-    return await generate_once(client, prepare(client, body), request)
+    payload, headers = await generate_response(request, body)
+    return JSONResponse(payload, headers=headers)
 
 
 @router.post("/generate_stream")
 async def generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
-    client: EngineClient = request.app.state.client
-    return stream_response(client, prepare(client, body))
+    return stream_response(request, body)
 
 
 @router.post("/")
 async def compat_generate(body: GenerateRequest, request: Request):
     """TGI's compatibility route: a stream if `stream` is true, else a one-element list."""
-    client: EngineClient = request.app.state.client
-    prepared = prepare(client, body)
     if body.stream:
-        return stream_response(client, prepared)
-    single = await generate_once(client, prepared, request)
-    if single.status_code != 200:
-        return single
-    headers = {k: v for k, v in single.headers.items() if k.startswith("x-")}
-    return JSONResponse([json.loads(single.body)], headers=headers)
+        return stream_response(request, body)
+    payload, headers = await generate_response(request, body)
+    return JSONResponse([payload], headers=headers)
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
+    """The prompt's tokens with their ids, texts and character offsets (TGI's format)."""
+    engine = request.app.state.client.ready_engine()
+    encoding = engine.tokenizer(body.inputs, return_offsets_mapping=True)
+    tokens = [
+        {"id": token_id, "text": body.inputs[start:stop], "start": start, "stop": stop}
+        for token_id, (start, stop) in zip(encoding.input_ids, encoding.offset_mapping, strict=True)
+    ]
+    return JSONResponse(tokens)

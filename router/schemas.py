@@ -46,11 +46,33 @@ class GenerateRequest(BaseModel):
     stream: bool = False
 
 
+class AlternativeToken(BaseModel):
+    id: int
+    text: str
+    logprob: float
+
+
 class Token(BaseModel):
     id: int
     text: str
     logprob: float | None
     special: bool
+    alternative_tokens: list[AlternativeToken] | None = None
+
+
+class PrefillToken(BaseModel):
+    id: int
+    text: str
+    logprob: float | None
+
+
+class BestOfSequence(BaseModel):
+    generated_text: str
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None
+    prefill: list[PrefillToken] = Field(default_factory=list)
+    tokens: list[Token] = Field(default_factory=list)
 
 
 class Details(BaseModel):
@@ -58,8 +80,9 @@ class Details(BaseModel):
     prompt_tokens: int
     generated_tokens: int
     seed: int | None
-    prefill: list[Token] = Field(default_factory=list)
+    prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
+    best_of_sequences: list[BestOfSequence] | None = None
 
 
 class StreamDetails(BaseModel):
@@ -69,9 +92,8 @@ class StreamDetails(BaseModel):
     seed: int | None
 
 
-class GenerateResponse(BaseModel):
-    generated_text: str
-    details: Details | None = None
+class TokenizeRequest(BaseModel):
+    inputs: str
 
 
 class StreamResponse(BaseModel):

@@ -12,10 +12,9 @@ _UNSERVED = {
     "watermark": lambda p: p.watermark,
     "response_format": lambda p: p.response_format is not None,
     "merged_adapters": lambda p: p.merged_adapters is not None,
-    "decoder_input_details": lambda p: p.decoder_input_details,
-    "return_k_alternatives": lambda p: p.return_k_alternatives is not None,
-    "best_of": lambda p: p.best_of is not None and p.best_of > 1,
 }
+MAX_BEST_OF = 4
+MAX_ALTERNATIVES = 20
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -28,8 +27,10 @@ def _unit_interval(name: str, value: float | None) -> None:
         raise validation_error(f"`{name}` must be > 0.0 and <= 1.0")
 
 
-def to_sampling_params(parameters: Parameters, max_stop_sequences: int) -> SamplingParams:
-    """Validate everything that does not need the tokenized prompt."""
+def to_sampling_params(
+    parameters: Parameters, max_stop_sequences: int, streaming: bool = False
+) -> SamplingParams:
+    """Validate everything that does not need the tokenized prompt (LoRAX's rules and messages)."""
     p = parameters
     for name, used in _UNSERVED.items():
         if used(p):
@@ -53,6 +54,30 @@ def to_sampling_params(parameters: Parameters, max_stop_sequences: int) -> Sampl
         )
     if any(s == "" for s in p.stop):
         raise validation_error("`stop` sequences cannot be empty strings")
+    params = _build(p)
+    _check_best_of(p, params, streaming)
+    if p.return_k_alternatives is not None and not 1 <= p.return_k_alternatives <= MAX_ALTERNATIVES:
+        raise validation_error(f"`return_k_alternatives` must be > 0 and <= {MAX_ALTERNATIVES}")
+    if p.decoder_input_details and streaming:
+        raise validation_error("`decoder_input_details` == true is not supported when streaming tokens")
+    return params
+
+
+def _check_best_of(p: Parameters, params: SamplingParams, streaming: bool) -> None:
+    if p.best_of is None:
+        return
+    if not 0 < p.best_of <= MAX_BEST_OF:
+        raise validation_error(f"`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {p.best_of}")
+    if p.best_of > 1:
+        if not params.sampling:
+            raise validation_error("you must use sampling when `best_of` is > 1")
+        if p.seed is not None:
+            raise validation_error("`seed` must not be set when `best_of` > 1")
+        if streaming:
+            raise validation_error("`best_of` != 1 is not supported when streaming tokens")
+
+
+def _build(p: Parameters) -> SamplingParams:
     return SamplingParams(
         max_new_tokens=p.max_new_tokens or 1,
         temperature=p.temperature if p.temperature is not None else 1.0,
@@ -66,4 +91,6 @@ def to_sampling_params(parameters: Parameters, max_stop_sequences: int) -> Sampl
         seed=p.seed,
         stop=tuple(p.stop),
         ignore_eos_token=p.ignore_eos_token,
+        top_n_tokens=p.return_k_alternatives or 0,
+        prompt_logprobs=p.decoder_input_details,
     )

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from loraplex.router.app import create_app
+from loraplex.router.app import ServerSettings, create_app
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
 
@@ -50,10 +50,15 @@ class RunningServer:
 
 @contextmanager
 def serve(
-    config: EngineConfig, max_concurrent_requests: int = 128, engine_factory=None
+    config: EngineConfig | None,
+    max_concurrent_requests: int = 128,
+    engine_factory=None,
+    wait_healthy: bool = True,
+    **settings,
 ) -> Iterator[RunningServer]:
     port = free_port()
-    app = create_app(engine_factory or (lambda: Engine(config)), max_concurrent_requests)
+    server_settings = ServerSettings(max_concurrent_requests=max_concurrent_requests, **settings)
+    app = create_app(engine_factory or (lambda: Engine(config)), server_settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -62,7 +67,8 @@ def serve(
     try:
         while True:
             try:
-                if httpx.get(running.url + "/health", timeout=1).status_code == 200:
+                status = httpx.get(running.url + "/health", timeout=1).status_code
+                if status == 200 or (status == 503 and not wait_healthy):
                     break
             except httpx.TransportError:
                 pass

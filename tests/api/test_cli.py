@@ -119,3 +119,72 @@ def test_serve_starts_logs_a_summary_and_generates(llama_dir):
         "kv_tokens=4096",
     ):
         assert field in summary[0]
+
+
+def start_server(model_dir, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            LORAPLEX,
+            "serve",
+            "--model-id",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--max-batch-total-tokens",
+            "4096",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start: {process.stdout.read()}")
+        time.sleep(0.2)
+
+
+def test_sigterm_drains_running_streams_then_exits_zero(llama_dir):
+    import signal
+
+    process, url = start_server(llama_dir, "--shutdown-timeout", "60")
+    try:
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 200, "ignore_eos_token": True}}
+        with httpx.stream("POST", url + "/generate_stream", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data:"))
+            assert '"token"' in first
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            refused = httpx.post(url + "/generate", json={"inputs": "hi"}, timeout=10)
+            assert refused.status_code == 503 and refused.json()["error"] == "the server is draining"
+            health = httpx.get(url + "/health", timeout=10)
+            assert health.status_code == 503 and health.json() == {"status": "draining"}
+            rest = [line for line in lines if line.startswith("data:")]
+        assert len(rest) == 199 and '"generated_text":"' in rest[-1]
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_api_key_file(tmp_path, llama_dir):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# operators\nsecret-1\n\nsecret-2\n")
+    process, url = start_server(llama_dir, "--api-key-file", str(keys))
+    try:
+        assert httpx.get(url + "/info").status_code == 401
+        assert httpx.get(url + "/info", headers={"Authorization": "Bearer secret-2"}).status_code == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)

@@ -1,0 +1,133 @@
+"""Running generations for any route: admission, the request timeout, client disconnects, metrics.
+
+Routes build `Job`s (validated, tokenized); this module turns them into finished `Completion`s or a
+stream of engine outputs, and raises `ApiError` with the right status for everything that goes wrong
+(the error handler, or the stream that reports it, counts it in the metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from loraplex.server.adapters.sources import AdapterLocation
+from loraplex.server.request import RequestOutput, SamplingParams, TokenOutput
+
+from .auth import RateLimiter, caller_of
+from .engine_client import EngineClient
+from .errors import ApiError, error_status
+from .metrics import Metrics
+
+TIMEOUT = "request_timeout"
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: AdapterLocation | None = None
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.adapter.adapter_id if self.adapter else None
+
+
+@dataclass
+class Completion:
+    """A finished sequence: every token in order, and the final output (text, reason, prompt logprobs)."""
+
+    tokens: list[TokenOutput]
+    last: RequestOutput
+
+    @property
+    def cumulative_logprob(self) -> float:
+        return sum(t.logprob for t in self.tokens)
+
+
+class Generator:
+    def __init__(
+        self, client: EngineClient, metrics: Metrics, limiter: RateLimiter, request_timeout: float | None
+    ):
+        self.client = client
+        self.metrics = metrics
+        self.limiter = limiter
+        self.request_timeout = request_timeout
+
+    def begin(self, http_request: Request) -> None:
+        """Rate limit, then take a concurrency place (429 either way when full)."""
+        self.limiter.check(caller_of(http_request))
+        self.client.admit()
+
+    def end(self, http_request: Request, tokens: int) -> None:
+        self.client.release()
+        self.limiter.record_tokens(caller_of(http_request), tokens)
+
+    async def outputs(self, job: Job) -> AsyncIterator[RequestOutput]:
+        """The engine outputs of one sequence; raises ApiError on an engine error or the timeout.
+
+        Leaving the iteration early (client gone, timeout) aborts the request in the engine.
+        """
+        arrival = time.monotonic()
+        deadline = arrival + self.request_timeout if self.request_timeout else None
+        stream = self.client.stream(job.prompt_ids, job.params, job.adapter)
+        previous = None
+        try:
+            while True:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                try:
+                    output = await asyncio.wait_for(anext(stream), remaining)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise ApiError(
+                        504, f"request timed out after {self.request_timeout:g} s", TIMEOUT
+                    ) from None
+                if output.error:
+                    raise ApiError(error_status(output.error_type), output.error, output.error_type)
+                now = time.monotonic()
+                if previous is not None:
+                    self.metrics.observe_token_gap(now - previous)
+                previous = now
+                if output.finished:
+                    self.metrics.observe_finished(job.adapter_id, output, arrival, now)
+                yield output
+        finally:
+            await stream.aclose()
+
+    async def _complete(self, job: Job) -> Completion:
+        tokens: list[TokenOutput] = []
+        last = None
+        async for output in self.outputs(job):
+            tokens.append(output.token)
+            last = output
+        return Completion(tokens, last)
+
+    async def complete(self, jobs: list[Job], http_request: Request) -> list[Completion]:
+        """Run sequences concurrently to the end; a client that hangs up meanwhile aborts them all."""
+        self.begin(http_request)
+        work = asyncio.ensure_future(asyncio.gather(*(self._complete(job) for job in jobs)))
+        watcher = asyncio.ensure_future(_until_disconnected(http_request))
+        tokens = 0
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done() and not work.cancelled() and work.exception() is None:
+                tokens = sum(c.last.prompt_tokens + c.last.generated_tokens for c in work.result())
+        finally:
+            watcher.cancel()
+            if not work.done():
+                work.cancel()
+                self.metrics.count(jobs[0].adapter_id, "cancelled")
+                await asyncio.gather(work, return_exceptions=True)
+            self.end(http_request, tokens)
+        if work.cancelled():
+            raise ApiError(499, "client disconnected", "cancelled")
+        return work.result()
+
+
+async def _until_disconnected(http_request: Request) -> None:
+    while not await http_request.is_disconnected():
+        await asyncio.sleep(0.25)

@@ -1,0 +1,442 @@
+"""OpenAI-compatible routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models.
+
+`model` names the adapter ("" or the base model's id: no adapter). Parameters map onto LoRAX's and go
+through the same validation; temperature 0 means greedy, as OpenAI clients expect. Stop sequences are
+cut from the returned text, as OpenAI does (the native routes keep them, as LoRAX does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from loraplex.server.request import FinishReason, RequestOutput, TokenOutput
+
+from .chat_template import render_chat
+from .errors import ApiError, validation_error
+from .generate import locate_adapter
+from .generation import Completion, Generator, Job
+from .openai_schemas import ChatRequest, CompletionRequest
+from .schemas import Parameters
+from .stop_text import StopTrimmer, cut_at_stop
+from .validation import to_sampling_params
+
+router = APIRouter()
+MAX_N = 16
+MAX_LOGPROBS = 20
+
+
+def _finish_reason(reason: FinishReason | None) -> str | None:
+    if reason is None:
+        return None
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def _unsupported(request) -> None:
+    if request.logit_bias:
+        raise validation_error("`logit_bias` is not supported by this server yet")
+    if not 1 <= request.n <= MAX_N:
+        raise validation_error(f"`n` must be >= 1 and <= {MAX_N}")
+    if request.temperature is not None and not 0 <= request.temperature <= 2:
+        raise validation_error("`temperature` must be >= 0 and <= 2")
+
+
+def _jobs(
+    http_request: Request, request, prompt_ids: list[int], max_tokens, top_n: int, prompt_logprobs: bool
+):
+    """Validate through LoRAX's rules and build `n` jobs (seeds seed, seed+1, ... when a seed is given)."""
+    engine = http_request.app.state.client.ready_engine()
+    greedy = request.temperature == 0
+    parameters = Parameters(
+        max_new_tokens=max_tokens,
+        temperature=None if greedy or request.temperature is None else request.temperature,
+        do_sample=not greedy,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        repetition_penalty=request.repetition_penalty,
+        frequency_penalty=request.frequency_penalty,
+        presence_penalty=request.presence_penalty,
+        seed=request.seed,
+        stop=_stops(request.stop),
+        ignore_eos_token=request.ignore_eos_token,
+        return_k_alternatives=top_n or None,
+        decoder_input_details=prompt_logprobs,
+    )
+    params = to_sampling_params(parameters, engine.info.max_stop_sequences)
+    if max_tokens is None:
+        max_tokens = max(engine.limits.max_total_tokens - len(prompt_ids), 1)
+    problem = engine.check_lengths(len(prompt_ids), max_tokens)
+    if problem:
+        raise validation_error(problem.replace("`max_new_tokens`", "`max_tokens`"))
+    params = dataclasses.replace(params, max_new_tokens=max_tokens)
+    adapter = locate_adapter(engine, request.model, request.adapter_source)
+    jobs = []
+    for i in range(request.n):
+        seed = None if request.seed is None else request.seed + i
+        jobs.append(Job(prompt_ids, dataclasses.replace(params, seed=seed), adapter))
+    return jobs
+
+
+def _usage(completions_or_outputs) -> dict:
+    prompt = completions_or_outputs[0].prompt_tokens if completions_or_outputs else 0
+    generated = sum(o.generated_tokens for o in completions_or_outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+# ---- /v1/completions ---------------------------------------------------------------------------------
+def _completion_logprobs(tokenizer, tokens: list[TokenOutput], prompt, echo: bool, offset: int) -> dict:
+    """OpenAI's legacy logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+    entries = []
+    if echo and prompt:
+        entries += [(t.id, t.logprob, t.top) for t in prompt]
+    entries += [(t.id, t.logprob, t.top) for t in tokens]
+    texts, offsets, position = [], [], offset
+    for token_id, _, _ in entries:
+        text = _token_text(tokenizer, token_id)
+        texts.append(text)
+        offsets.append(position)
+        position += len(text)
+    return {
+        "tokens": texts,
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "top_logprobs": [
+            None if top is None else {_token_text(tokenizer, i): lp for i, lp in top} for _, _, top in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, http_request: Request):
+    http_request.state.adapter_id = body.model
+    _unsupported(body)
+    if body.suffix:
+        raise validation_error("`suffix` is not supported by this server yet")
+    if body.best_of is not None and body.best_of != body.n:
+        raise validation_error("`best_of` other than `n` is not supported by this server yet")
+    if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
+        raise validation_error(f"`logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
+    engine = http_request.app.state.client.ready_engine()
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts or any(not p for p in prompts):
+        raise validation_error("`prompt` cannot be empty")
+    want_logprobs = body.logprobs is not None
+    jobs: list[Job] = []
+    for prompt in prompts:
+        ids = engine.tokenizer(prompt).input_ids
+        jobs += _jobs(
+            http_request, body, ids, body.max_tokens, body.logprobs or 0, body.echo and want_logprobs
+        )
+    texts = [p for p in prompts for _ in range(body.n)]
+    response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    generator: Generator = http_request.app.state.generator
+    stops = _stops(body.stop)
+    if body.stream:
+        return _stream(
+            http_request,
+            jobs,
+            _completion_chunks(http_request, body, jobs, texts, response_id, created, stops),
+        )
+    finished = await generator.complete(jobs, http_request)
+    choices = []
+    for index, (completion, prompt_text) in enumerate(zip(finished, texts, strict=True)):
+        text = cut_at_stop(completion.last.generated_text or "", stops)
+        logprobs = None
+        if want_logprobs:
+            offset = 0 if body.echo else len(prompt_text)
+            logprobs = _completion_logprobs(
+                engine.tokenizer, completion.tokens, completion.last.prompt, body.echo, offset
+            )
+        choices.append(
+            {
+                "index": index,
+                "text": (prompt_text if body.echo else "") + text,
+                "logprobs": logprobs,
+                "finish_reason": _finish_reason(completion.last.finish_reason),
+            }
+        )
+    usage = _usage_for(finished, len(prompts), body.n)
+    payload = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": body.model,
+        "choices": choices,
+        "usage": usage,
+    }
+    return JSONResponse(payload, headers={"x-adapter-id": jobs[0].adapter_id or ""})
+
+
+def _usage_for(finished: list[Completion], num_prompts: int, n: int) -> dict:
+    prompt = sum(finished[i * n].last.prompt_tokens for i in range(num_prompts))
+    generated = sum(c.last.generated_tokens for c in finished)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+
+
+async def _completion_chunks(
+    http_request, body, jobs, texts, response_id, created, stops
+) -> AsyncIterator[dict]:
+    tokenizer = http_request.app.state.client.engine.tokenizer
+    trimmers = [StopTrimmer(stops) for _ in jobs]
+    finals: dict[int, RequestOutput] = {}
+
+    def chunk(index: int, text: str, finish_reason, logprobs=None) -> dict:
+        return {
+            "id": response_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+        }
+
+    if body.echo:
+        for index, text in enumerate(texts):
+            yield chunk(index, text, None)
+    async for index, output in _merged(http_request, jobs):
+        text = trimmers[index].feed(output.token.text, output.finished, output.generated_text or "")
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = _completion_logprobs(tokenizer, [output.token], None, False, 0)
+        reason = _finish_reason(output.finish_reason) if output.finished else None
+        if output.finished:
+            finals[index] = output
+        yield chunk(index, text, reason, logprobs)
+    if body.stream_options and body.stream_options.include_usage:
+        outputs = [finals[i] for i in sorted(finals)]
+        yield _usage_chunk(
+            response_id,
+            "text_completion",
+            created,
+            body.model,
+            outputs,
+            len(set(texts)) if texts else 1,
+            body.n,
+        )
+
+
+def _usage_chunk(
+    response_id, obj, created, model, outputs: list[RequestOutput], num_prompts: int, n: int
+) -> dict:
+    prompt = sum(outputs[i * n].prompt_tokens for i in range(min(num_prompts, len(outputs) // max(n, 1))))
+    generated = sum(o.generated_tokens for o in outputs)
+    usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return {
+        "id": response_id,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+# ---- /v1/chat/completions ----------------------------------------------------------------------------
+def _chat_logprobs(tokenizer, tokens: list[TokenOutput]) -> dict:
+    def entry(token_id: int, logprob: float) -> dict:
+        text = _token_text(tokenizer, token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in (t.top or [])]}
+            for t in tokens
+        ]
+    }
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, http_request: Request):
+    http_request.state.adapter_id = body.model
+    _unsupported(body)
+    if body.tools:
+        raise validation_error("`tools` are not supported by this server yet")
+    if body.response_format and body.response_format.get("type") != "text":
+        raise validation_error("`response_format` is not supported by this server yet")
+    if body.top_logprobs is not None:
+        if not body.logprobs:
+            raise validation_error("`top_logprobs` requires `logprobs` to be true")
+        if not 0 <= body.top_logprobs <= MAX_LOGPROBS:
+            raise validation_error(f"`top_logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
+    engine = http_request.app.state.client.ready_engine()
+    adapter = locate_adapter(engine, body.model, body.adapter_source)
+    prompt_ids = render_chat(engine.tokenizer, body.messages, adapter)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    jobs = _jobs(http_request, body, prompt_ids, max_tokens, body.top_logprobs or 0, False)
+    response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    stops = _stops(body.stop)
+    if body.stream:
+        return _stream(
+            http_request, jobs, _chat_chunks(http_request, body, jobs, response_id, created, stops)
+        )
+    generator: Generator = http_request.app.state.generator
+    finished = await generator.complete(jobs, http_request)
+    choices = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": cut_at_stop(c.last.generated_text or "", stops)},
+            "logprobs": _chat_logprobs(engine.tokenizer, c.tokens) if body.logprobs else None,
+            "finish_reason": _finish_reason(c.last.finish_reason),
+        }
+        for index, c in enumerate(finished)
+    ]
+    payload = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": choices,
+        "usage": _usage_for(finished, 1, body.n),
+    }
+    return JSONResponse(payload, headers={"x-adapter-id": jobs[0].adapter_id or ""})
+
+
+async def _chat_chunks(http_request, body, jobs, response_id, created, stops) -> AsyncIterator[dict]:
+    tokenizer = http_request.app.state.client.engine.tokenizer
+    trimmers = [StopTrimmer(stops) for _ in jobs]
+    finals: dict[int, RequestOutput] = {}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(index: int, delta: dict, finish_reason=None, logprobs=None) -> dict:
+        payload = {
+            "id": response_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            payload["usage"] = None
+        return payload
+
+    for index in range(len(jobs)):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    async for index, output in _merged(http_request, jobs):
+        text = trimmers[index].feed(output.token.text, output.finished, output.generated_text or "")
+        logprobs = _chat_logprobs(tokenizer, [output.token]) if body.logprobs else None
+        if text or logprobs:
+            yield chunk(index, {"content": text}, None, logprobs)
+        if output.finished:
+            finals[index] = output
+            yield chunk(index, {}, _finish_reason(output.finish_reason))
+    if include_usage:
+        outputs = [finals[i] for i in sorted(finals)]
+        yield _usage_chunk(response_id, "chat.completion.chunk", created, body.model, outputs, 1, body.n)
+
+
+# ---- streaming plumbing ------------------------------------------------------------------------------
+async def _merged(http_request: Request, jobs: list[Job]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Outputs of several sequences as they come, tagged with their choice index."""
+    generator: Generator = http_request.app.state.generator
+    if len(jobs) == 1:
+        async for output in generator.outputs(jobs[0]):
+            yield 0, output
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, job: Job) -> None:
+        try:
+            async for output in generator.outputs(job):
+                await queue.put((index, output, None))
+        except ApiError as error:
+            await queue.put((index, None, error))
+        finally:
+            await queue.put((index, None, None))
+
+    tasks = [asyncio.ensure_future(pump(i, job)) for i, job in enumerate(jobs)]
+    done = 0
+    try:
+        while done < len(jobs):
+            index, output, error = await queue.get()
+            if error is not None:
+                raise error
+            if output is None:
+                done += 1
+                continue
+            yield index, output
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict]) -> StreamingResponse:
+    generator: Generator = http_request.app.state.generator
+    generator.begin(http_request)
+
+    async def events() -> AsyncIterator[str]:
+        tokens = 0
+        try:
+            async for payload in chunks:
+                usage = payload.get("usage")
+                if usage:
+                    tokens = usage["total_tokens"]
+                yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+            yield "data: [DONE]\n\n"
+        except ApiError as error:
+            generator.metrics.count(jobs[0].adapter_id, error.error_type)
+            yield f"data: {json.dumps(error.body())}\n\n"
+        finally:
+            generator.end(http_request, tokens)
+
+    headers = {
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+        "x-adapter-id": jobs[0].adapter_id or "",
+    }
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+# ---- /v1/models --------------------------------------------------------------------------------------
+def _adapters_on_disk(roots: list[Path], limit: int = 1000) -> list[str]:
+    """Adapter folders (holding adapter_config.json) under the roots, up to three levels deep."""
+    found = []
+    for root in roots:
+        for depth in ("*", "*/*", "*/*/*"):
+            for config in sorted(root.glob(f"{depth}/adapter_config.json")):
+                found.append(str(config.parent.relative_to(root)))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+@router.get("/v1/models")
+async def models(http_request: Request) -> JSONResponse:
+    engine = http_request.app.state.client.ready_engine()
+    created = int(time.time())
+    names = [engine.info.model_id]
+    known = [e.location.adapter_id for e in engine.adapters.entries()]
+    for name in known + _adapters_on_disk(engine.adapters.sources.roots):
+        if name not in names:
+            names.append(name)
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "loraplex",
+            "root": engine.info.model_id,
+            "parent": None if i == 0 else engine.info.model_id,
+        }
+        for i, name in enumerate(names)
+    ]
+    return JSONResponse({"object": "list", "data": data})

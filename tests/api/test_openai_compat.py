@@ -1,0 +1,251 @@
+"""The OpenAI-compatible routes through the real `openai` package, against a real server."""
+
+import json
+import shutil
+
+import openai
+import pytest
+from adapter_factory import build_adapter
+from engine.reference import reference_greedy
+from server_harness import serve
+
+from loraplex.server.config import EngineConfig
+
+TEMPLATE = (
+    "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+ADAPTER_TEMPLATE = (
+    "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %} =>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_setup(tmp_path_factory, llama_dir):
+    root = tmp_path_factory.mktemp("openai")
+    model = root / "chat-model"
+    shutil.copytree(llama_dir, model)
+    config_path = model / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = TEMPLATE
+    config_path.write_text(json.dumps(config))
+    adapters = root / "adapters"
+    build_adapter(
+        model, adapters / "acme" / "plain", seed=1, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]
+    )
+    templated = build_adapter(model, adapters / "acme" / "templated", seed=2, r=4, target_modules=["o_proj"])
+    (templated / "chat_template.jinja").write_text(ADAPTER_TEMPLATE)
+    return model, adapters
+
+
+@pytest.fixture(scope="module")
+def server(chat_setup):
+    model, adapters = chat_setup
+    config = EngineConfig(
+        model_id=str(model), max_batch_total_tokens=8192, max_total_tokens=256, adapter_dirs=(str(adapters),)
+    )
+    with serve(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_completion_matches_greedy_reference(client, server, llama_reference):
+    result = client.completions.create(
+        model="",
+        prompt="The quick brown fox",
+        max_tokens=10,
+        temperature=0,
+        extra_body={"ignore_eos_token": True},
+    )
+    choice = result.choices[0]
+    ids = server.engine.tokenizer("The quick brown fox").input_ids
+    expected = server.engine.tokenizer.decode(reference_greedy(llama_reference, ids, 10))
+    assert choice.text == expected and choice.finish_reason == "length"
+    assert result.object == "text_completion" and result.id.startswith("cmpl-") and result.created > 0
+    assert result.usage.prompt_tokens == len(ids) and result.usage.completion_tokens == 10
+    assert result.usage.total_tokens == len(ids) + 10
+
+
+def test_completion_stream_with_usage(client):
+    plain = client.completions.create(
+        model="", prompt="Hello", max_tokens=8, temperature=0, extra_body={"ignore_eos_token": True}
+    )
+    chunks = list(
+        client.completions.create(
+            model="",
+            prompt="Hello",
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos_token": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == plain.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+
+
+def test_completion_echo_logprobs_and_n(client, server):
+    result = client.completions.create(
+        model="", prompt="Hello world", max_tokens=4, temperature=0.8, seed=5, n=3, logprobs=2, echo=True
+    )
+    assert len(result.choices) == 3 and [c.index for c in result.choices] == [0, 1, 2]
+    prompt_len = len(server.engine.tokenizer("Hello world").input_ids)
+    for choice in result.choices:
+        assert choice.text.startswith("Hello world")
+        logprobs = choice.logprobs
+        assert len(logprobs.tokens) == prompt_len + 4
+        assert logprobs.token_logprobs[0] is None and all(lp <= 0 for lp in logprobs.token_logprobs[1:])
+        # Two ids can decode to the same text (partial UTF-8 bytes): the dict then holds fewer keys.
+        assert all(1 <= len(top) <= 2 for top in logprobs.top_logprobs[1:])
+    again = client.completions.create(
+        model="", prompt="Hello world", max_tokens=4, temperature=0.8, seed=5, n=3
+    )
+    assert [c.text for c in again.choices] == [c.text[len("Hello world") :] for c in result.choices]
+    assert result.usage.completion_tokens == 12
+
+
+def test_chat_with_base_template_and_stop_cut(client, server):
+    messages = [{"role": "user", "content": "Hello there"}]
+    full = client.chat.completions.create(
+        model="", messages=messages, max_tokens=12, temperature=0, extra_body={"ignore_eos_token": True}
+    )
+    text = full.choices[0].message.content
+    assert full.object == "chat.completion" and full.choices[0].message.role == "assistant"
+    rendered = TEMPLATE.replace("{% for m in messages %}", "").split("{% endfor %}")[0]
+    expected_prompt = (
+        rendered.replace("{{ m.role }}", "user").replace("{{ m.content }}", "Hello there") + "<s>assistant:"
+    )
+    assert full.usage.prompt_tokens == len(
+        server.engine.tokenizer(expected_prompt, add_special_tokens=False).input_ids
+    )
+    stop = text[4:6]
+    cut = client.chat.completions.create(
+        model="",
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos_token": True},
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+
+
+def test_chat_stream_matches_and_never_leaks_the_stop(client):
+    messages = [{"role": "user", "content": "Tell me"}]
+    full = (
+        client.chat.completions.create(
+            model="", messages=messages, max_tokens=15, temperature=0, extra_body={"ignore_eos_token": True}
+        )
+        .choices[0]
+        .message.content
+    )
+    stop = full[6:9]
+    chunks = list(
+        client.chat.completions.create(
+            model="",
+            messages=messages,
+            max_tokens=15,
+            temperature=0,
+            stop=stop,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos_token": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full[: full.index(stop)]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_chat_logprobs(client):
+    result = client.chat.completions.create(
+        model="",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = result.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(entry.top_logprobs) == 2 for entry in content)
+    assert all(entry.logprob == max(t.logprob for t in entry.top_logprobs) for entry in content)
+
+
+def test_adapter_as_model_and_its_own_chat_template(client, server):
+    messages = [{"role": "user", "content": "Hi"}]
+    base = client.chat.completions.create(model="", messages=messages, max_tokens=1, temperature=0)
+    templated = client.chat.completions.create(
+        model="acme/templated", messages=messages, max_tokens=1, temperature=0
+    )
+    expected = len(server.engine.tokenizer("Hi =>", add_special_tokens=False).input_ids)
+    assert templated.usage.prompt_tokens == expected != base.usage.prompt_tokens
+    assert templated.model == "acme/templated"
+    raw = client.completions.with_raw_response.create(model="acme/plain", prompt="Hello", max_tokens=2)
+    assert raw.headers["x-adapter-id"] == "acme/plain"
+
+
+def test_models_lists_the_base_and_every_adapter(client, server):
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == server.engine.info.model_id
+    assert {"acme/plain", "acme/templated"} <= set(ids)
+
+
+def test_missing_chat_template_is_a_clear_422(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.UnprocessableEntityError) as error:
+            client.chat.completions.create(model="", messages=[{"role": "user", "content": "Hi"}])
+        assert "no chat template" in error.value.body["error"] if isinstance(error.value.body, dict) else True
+        assert "no chat template" in error.value.response.json()["error"]
+
+
+REFUSED = [
+    ("completions", dict(prompt="hi", logit_bias={"5": 1.0}), "`logit_bias` is not supported"),
+    ("completions", dict(prompt="hi", suffix="x"), "`suffix` is not supported"),
+    ("completions", dict(prompt="hi", n=17), "`n` must be >= 1 and <= 16"),
+    ("completions", dict(prompt="hi", temperature=3), "`temperature` must be >= 0 and <= 2"),
+    ("completions", dict(prompt="hi", logprobs=30), "`logprobs` must be >= 0 and <= 20"),
+    ("completions", dict(prompt=""), "`prompt` cannot be empty"),
+    ("completions", dict(prompt="hi", max_tokens=1000), "`max_tokens` must be <= 256"),
+    ("completions", dict(prompt="hi", top_p=0), "`top_p` must be > 0.0 and <= 1.0"),
+    (
+        "completions",
+        dict(prompt="hi", stop=["a", "b", "c", "d", "e"]),
+        "`stop` supports up to 4 stop sequences",
+    ),
+    ("completions", dict(prompt="hi", model="../escape"), "`..` is not allowed"),
+    ("chat", dict(tools=[{"type": "function", "function": {"name": "f"}}]), "`tools` are not supported"),
+    ("chat", dict(response_format={"type": "json_object"}), "`response_format` is not supported"),
+    ("chat", dict(top_logprobs=2), "`top_logprobs` requires `logprobs` to be true"),
+    ("chat", dict(presence_penalty=5), "`presence_penalty` must be >= -2.0 and <= 2.0"),
+]
+
+
+@pytest.mark.parametrize(("route", "arguments", "message"), REFUSED, ids=[r[2][:30] for r in REFUSED])
+def test_refused_parameters(client, route, arguments, message):
+    arguments = {"model": "", **arguments}
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        if route == "chat":
+            client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **arguments)
+        else:
+            client.completions.create(**arguments)
+    body = error.value.response.json()
+    assert body["error_type"] == "validation" and message in body["error"], body
+
+
+def test_unknown_adapter_is_424_through_openai(client):
+    with pytest.raises(openai.APIStatusError) as error:
+        client.completions.create(model="acme/nope", prompt="hi", max_tokens=2)
+    assert error.value.status_code == 424
+    assert error.value.response.json()["error_type"] == "adapter_not_found"

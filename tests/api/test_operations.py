@@ -1,0 +1,197 @@
+"""Operations: /metrics after a known workload, auth, rate limits, request timeouts, slow starts."""
+
+import asyncio
+import re
+import threading
+import time
+
+import httpx
+import pytest
+from server_harness import serve
+
+from loraplex.server.config import EngineConfig
+from loraplex.server.engine import Engine
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name}{labels} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_after_a_known_workload(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config) as running:
+        url = running.url
+        prompt_tokens = len(running.engine.tokenizer("Hello world").input_ids)
+        body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 5, "ignore_eos_token": True}}
+        for _ in range(3):
+            assert httpx.post(url + "/generate", json=body).status_code == 200
+        with httpx.stream("POST", url + "/generate_stream", json=body) as response:
+            list(response.iter_lines())
+        for _ in range(2):
+            assert httpx.post(url + "/generate", json={"inputs": ""}).status_code == 422
+        text = httpx.get(url + "/metrics").text
+    assert metric(text, "loraplex_requests_total", '{adapter="base",outcome="success"}') == 4
+    assert metric(text, "loraplex_requests_total", '{adapter="base",outcome="validation"}') == 2
+    assert metric(text, "loraplex_generated_tokens_total", '{adapter="base"}') == 20
+    assert metric(text, "loraplex_prompt_tokens_total", '{adapter="base"}') == 4 * prompt_tokens
+    assert metric(text, "loraplex_request_duration_seconds_count") == 4
+    assert metric(text, "loraplex_time_to_first_token_seconds_count") == 4
+    assert metric(text, "loraplex_request_queue_duration_seconds_count") == 4
+    assert metric(text, "loraplex_inter_token_latency_seconds_count") == 4 * 4
+    assert metric(text, "loraplex_running_requests") == 0 and metric(text, "loraplex_waiting_requests") == 0
+    assert metric(text, "loraplex_kv_cache_usage_ratio") == 0
+    assert metric(text, "loraplex_kv_cache_blocks_total") == 256
+    assert metric(text, "loraplex_engine_steps_total") >= 5
+    assert metric(text, "loraplex_adapters_resident", '{tier="gpu"}') == 0
+
+
+def test_adapter_labels_are_capped(llama_dir, tmp_path):
+    from adapter_factory import build_adapter
+
+    for i in range(3):
+        build_adapter(llama_dir, tmp_path / f"a{i}", seed=i, r=2, target_modules=["q_proj"])
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, adapter_dirs=(str(tmp_path),))
+    with serve(config, adapter_label_limit=2) as running:
+        for i in range(3):
+            body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1, "adapter_id": f"a{i}"}}
+            assert httpx.post(running.url + "/generate", json=body).status_code == 200
+        text = httpx.get(running.url + "/metrics").text
+    assert metric(text, "loraplex_requests_total", '{adapter="a0",outcome="success"}') == 1
+    assert metric(text, "loraplex_requests_total", '{adapter="a1",outcome="success"}') == 1
+    assert metric(text, "loraplex_requests_total", '{adapter="other",outcome="success"}') == 1
+    assert metric(text, "loraplex_adapter_loads_total") == 3
+    assert metric(text, "loraplex_adapters_resident", '{tier="gpu"}') == 3
+
+
+def test_api_keys(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config, api_keys=frozenset({"k1", "k2"})) as running:
+        url = running.url
+        body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
+        assert httpx.get(url + "/health").status_code == 200
+        for path in ("/info", "/metrics", "/adapters", "/v1/models"):
+            response = httpx.get(url + path)
+            assert response.status_code == 401 and response.json()["error_type"] == "authentication"
+        assert httpx.post(url + "/generate", json=body).status_code == 401
+        wrong = httpx.post(url + "/generate", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        for key in ("k1", "k2"):
+            ok = httpx.post(url + "/generate", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200
+    with serve(config, api_keys=frozenset({"k1"}), metrics_without_auth=True) as running:
+        assert httpx.get(running.url + "/metrics").status_code == 200
+        assert httpx.get(running.url + "/info").status_code == 401
+
+
+def test_rate_limit_answers_429_with_retry_after(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config, api_keys=frozenset({"a", "b"}), rate_limit_requests=2) as running:
+        body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
+        as_a = {"Authorization": "Bearer a"}
+        codes = [httpx.post(running.url + "/generate", json=body, headers=as_a).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        refused = httpx.post(running.url + "/generate", json=body, headers=as_a)
+        assert (
+            refused.json()["error_type"] == "rate_limited" and 1 <= int(refused.headers["retry-after"]) <= 60
+        )
+        other_key = httpx.post(running.url + "/generate", json=body, headers={"Authorization": "Bearer b"})
+        assert other_key.status_code == 200
+
+
+def test_token_rate_limit(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config, rate_limit_tokens=30) as running:
+        body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 30, "ignore_eos_token": True}}
+        assert httpx.post(running.url + "/generate", json=body).status_code == 200
+        refused = httpx.post(running.url + "/generate", json=body)
+        assert refused.status_code == 429 and "tokens per minute" in refused.json()["error"]
+        assert "retry-after" in refused.headers
+
+
+def test_request_timeout_frees_blocks_and_says_why(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, max_total_tokens=512)
+    with serve(config, request_timeout=0.3) as running:
+        body = {"inputs": "Hi", "parameters": {"max_new_tokens": 500, "ignore_eos_token": True}}
+        slow = running.engine.runner.run
+
+        def slower(batch):
+            time.sleep(0.01)
+            return slow(batch)
+
+        running.engine.runner.run = slower
+        response = httpx.post(running.url + "/generate", json=body, timeout=30)
+        assert response.status_code == 504
+        assert response.json() == {"error": "request timed out after 0.3 s", "error_type": "request_timeout"}
+        running.wait_idle()
+        stream = httpx.post(running.url + "/generate_stream", json=body, timeout=30)
+        last = stream.text.strip().splitlines()[-1]
+        assert last == 'data:{"error":"request timed out after 0.3 s","error_type":"request_timeout"}'
+        running.wait_idle()
+        assert running.engine.num_aborted == 2
+
+
+def test_health_is_503_while_initializing(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    release = threading.Event()
+
+    def slow_engine():
+        release.wait(timeout=30)
+        return Engine(config)
+
+    with serve(None, engine_factory=slow_engine, wait_healthy=False) as running:
+        response = httpx.get(running.url + "/health")
+        assert response.status_code == 503 and response.json() == {"status": "initializing"}
+        assert httpx.get(running.url + "/info").json()["status"] == "initializing"
+        early = httpx.post(running.url + "/generate", json={"inputs": "hi"})
+        assert early.status_code == 503 and early.json()["error_type"] == "unavailable"
+        release.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(running.url + "/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.get(running.url + "/info").json()["status"] == "ready"
+
+
+def test_concurrency_429_is_counted(llama_dir):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, max_total_tokens=256)
+    with serve(config, max_concurrent_requests=1) as running:
+
+        async def burst():
+            body = {"inputs": "Hi", "parameters": {"max_new_tokens": 100, "ignore_eos_token": True}}
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/generate", json=body) for _ in range(4)))
+
+        codes = [r.status_code for r in asyncio.run(burst())]
+        refused = codes.count(429)
+        assert refused >= 1
+        text = httpx.get(running.url + "/metrics").text
+        assert metric(text, "loraplex_requests_total", '{adapter="base",outcome="overloaded"}') == refused
+
+
+@pytest.mark.parametrize("route", ["/generate", "/v1/completions"])
+def test_engine_errors_do_not_stop_the_server(llama_dir, route):
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config) as running:
+        run = running.engine.runner.run
+        calls = {"n": 0}
+
+        def failing_once(batch):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("injected failure")
+            return run(batch)
+
+        running.engine.runner.run = failing_once
+        body = (
+            {"inputs": "Hi", "parameters": {"max_new_tokens": 2}}
+            if route == "/generate"
+            else {"model": "", "prompt": "Hi", "max_tokens": 2}
+        )
+        failed = httpx.post(running.url + route, json=body)
+        assert failed.status_code == 424 and failed.json()["error_type"] == "generation"
+        assert "injected failure" in failed.json()["error"]
+        assert httpx.post(running.url + route, json=body).status_code == 200
+        running.wait_idle()
