@@ -69,7 +69,9 @@ def install_error_handlers(app: FastAPI, on_api_error=None) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        error_type = VALIDATION if error.status_code < 500 else "internal"
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(
+            error.status_code, VALIDATION if error.status_code < 500 else "internal"
+        )
         return error_response(
             error.status_code, str(error.detail), error_type, getattr(error, "headers", None)
         )
