@@ -14,7 +14,12 @@ logger = logging.getLogger("loraplex")
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model-id", required=True, help="a Hugging Face model folder, or a hub id in the local cache"
+        "--model-id",
+        default=None,
+        help="a Hugging Face model folder, or a hub id in the local cache (default: the built-in demo model)",
+    )
+    model.add_argument(
+        "--served-model-name", default=None, help="the model's name in the API (default: --model-id)"
     )
     model.add_argument("--revision", default=None, help="hub revision (with a hub id)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -80,9 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEMO_NAME = "loraplex-demo"
+
+
+def use_demo_defaults(args: argparse.Namespace) -> bool:
+    """Without --model-id, serve the built-in demo model with its three adapters preloaded."""
+    if args.model_id is not None:
+        return False
+    from loraplex import demo
+
+    args.model_id = str(demo.base_model_dir())
+    args.served_model_name = args.served_model_name or DEMO_NAME
+    args.adapter_dir = [*args.adapter_dir, str(demo.adapters_dir())]
+    args.preload_adapter = [*args.preload_adapter, *demo.ADAPTER_NAMES]
+    return True
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model_id=args.model_id,
+        served_model_name=args.served_model_name,
         revision=args.revision,
         dtype=args.dtype,
         device=args.device,
@@ -127,6 +149,7 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    demo = use_demo_defaults(args)
     try:
         config = engine_config(args)
         path = resolve_model_path(config.model_id, config.revision)
@@ -159,7 +182,16 @@ def serve(args: argparse.Namespace) -> None:
     app = create_app(lambda: Engine(config), settings, on_load_failure)
     uvicorn_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
     server = DrainingServer(uvicorn_config, app.state.client, args.shutdown_timeout)
-    logger.info("loraplex serving %s on http://%s:%d", config.model_id, args.host, args.port)
+    if demo:
+        logger.info(
+            "no --model-id given: serving the built-in demo model %r (it echoes its input) with adapters "
+            "upper, reverse and rot13 preloaded, on http://%s:%d",
+            DEMO_NAME,
+            args.host,
+            args.port,
+        )
+    else:
+        logger.info("loraplex serving %s on http://%s:%d", config.model_id, args.host, args.port)
     server.run()
     if failure:
         print(f"loraplex: error: {failure[0]}", file=sys.stderr)

@@ -25,6 +25,7 @@ class EngineConfig:
     """
 
     model_id: str
+    served_model_name: str | None = None
     revision: str | None = None
     dtype: str = "auto"
     device: str = "auto"

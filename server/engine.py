@@ -107,7 +107,7 @@ class Engine:
         )
         self.runner = ModelRunner(self.model, config.block_size, self.device, self.slots)
         self.info = EngineInfo(
-            model_id=config.model_id,
+            model_id=config.served_model_name or config.model_id,
             model_path=str(path),
             architecture=shape.architecture,
             dtype=str(self.dtype).removeprefix("torch."),
