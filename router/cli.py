@@ -1,4 +1,5 @@
-"""The `loraplex` command: `loraplex serve --model-id PATH ...` starts the HTTP server."""
+"""The `loraplex` command: `loraplex serve [--model-id PATH ...]` starts the HTTP server;
+`loraplex bench --url URL ...` load-tests a running one."""
 
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the HTTP server")
     _add_serve_arguments(serve)
+    # `loraplex bench ...` is dispatched to loraplex.loadgen before this parser runs; listed for --help.
+    commands.add_parser("bench", help="load-test a running server (`loraplex bench --help`)")
     return parser
 
 
@@ -199,6 +202,12 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":
+        from loraplex.loadgen.cli import main as bench_main
+
+        bench_main(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
