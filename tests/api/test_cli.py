@@ -71,35 +71,8 @@ def test_impossible_limits(llama_dir):
 
 
 def test_serve_starts_logs_a_summary_and_generates(llama_dir):
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            LORAPLEX,
-            "serve",
-            "--model-id",
-            str(llama_dir),
-            "--port",
-            str(port),
-            "--max-batch-total-tokens",
-            "4096",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, url = start_server(llama_dir)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read()
-            if time.monotonic() > deadline:
-                pytest.fail("server did not become healthy")
-            time.sleep(0.2)
         response = httpx.post(
             url + "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}}
         )
