@@ -83,12 +83,6 @@ def lora_expand_ref(
     return y
 
 
-# Segments at least this long run as plain matmuls on the slot's weights; shorter ones (decode steps of
-# many adapters) are batched: their weights gathered per token, one bmm per phase instead of a Python
-# loop over hundreds of tiny matmuls.
-LONG_SEGMENT = 8
-
-
 def add_lora_ref(
     y: torch.Tensor,
     x: torch.Tensor,
@@ -107,11 +101,7 @@ def add_lora_ref(
     n_slices = len(slice_offsets) - 1
     rank_table = ranks.tolist()
     scale_table = scaling.tolist()
-    short: list[tuple[int, int, int]] = []
     for begin, end, slot in _segments(seg_starts, seg_slots):
-        if end - begin < LONG_SEGMENT:
-            short.append((begin, end, slot))
-            continue
         xs = x[begin:end].float()
         for s in range(n_slices):
             rank = rank_table[s][slot]
@@ -120,35 +110,4 @@ def add_lora_ref(
                 h = xs @ lora_a[slot, s, :rank].float().t()
                 b_t = lora_b[slot, lo:hi, :rank].t()
                 _accumulate(y[begin:end, lo:hi], h, b_t, scale_table[s][slot])
-    if short:
-        _add_short_segments(y, x, lora_a, lora_b, ranks, scaling, short, slice_offsets, rank_table)
     return y
-
-
-def _add_short_segments(y, x, lora_a, lora_b, ranks, scaling, segments, slice_offsets, rank_table) -> None:
-    """Batched form for many short segments. Tokens are grouped by their slot's per-slice ranks; each
-    group gathers its tokens' weights (up to the group's largest rank) and runs one bmm per slice and
-    phase, using exactly `rank` rows of each slice, so nothing past a slot's rank enters the math."""
-    groups: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
-    for begin, end, slot in segments:
-        key = tuple(rank_table[s][slot] for s in range(len(rank_table)))
-        if any(key):
-            groups.setdefault(key, []).append((begin, end, slot))
-    b_rank_major = lora_b.transpose(1, 2)  # [slots, r_max, out_total]; contiguous for rank-major storage
-    for key, members in groups.items():
-        r = max(key)
-        rows = torch.cat([torch.arange(b, e) for b, e, _ in members])
-        slots = torch.cat([torch.full((e - b,), slot, dtype=torch.long) for b, e, slot in members])
-        xs = x.index_select(0, rows).float().unsqueeze(2)  # [Tg, in, 1]
-        a = lora_a[:, :, :r].index_select(0, slots)  # [Tg, n, r, in]
-        b = b_rank_major[:, :r].index_select(0, slots)  # [Tg, r, out_total]
-        scales = scaling.t().index_select(0, slots)  # [Tg, n]
-        delta = torch.zeros(len(rows), b.shape[2], dtype=torch.float32)
-        for s, rank in enumerate(key):
-            lo, hi = slice_offsets[s], slice_offsets[s + 1]
-            if rank == 0 or hi == lo:
-                continue
-            h = torch.bmm(a[:, s, :rank].float(), xs).transpose(1, 2)  # [Tg, 1, rank]
-            h = h * scales[:, s].view(-1, 1, 1)
-            delta[:, lo:hi] = torch.bmm(h, b[:, :rank, lo:hi].float()).squeeze(1)
-        y.index_add_(0, rows, delta.to(y.dtype))

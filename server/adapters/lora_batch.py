@@ -40,4 +40,5 @@ class LoraBatch:
             self.seg_starts,
             self.seg_slots,
             slots.slice_offsets[group],
+            validate=False,
         )
