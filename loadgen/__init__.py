@@ -1,0 +1,44 @@
+"""loraplex.loadgen: a load generator for multi-LoRA servers, and the numbers it reports.
+
+workload:  WorkloadSpec -> build_workload -> [RequestSpec]   (popularity, arrivals, lengths)
+runner:    run(url, requests, arrivals) -> RunOutcome        (streams, timestamps every token)
+stats:     summarize(results) -> throughput, TTFT, ITL, TPOT, e2e percentiles, SLO attainment
+report:    run_record / write_report (JSON with environment), plots: plot_all (PNG)
+cli:       `loraplex bench` (main, add_arguments)
+"""
+
+from .arrivals import Arrivals, gamma_arrival_times, gamma_intervals
+from .lengths import LengthDist
+from .popularity import REGIMES, assign_indices, power_law_probabilities, zipf_probabilities
+from .report import environment, run_record, write_report
+from .runner import RunOutcome, run, run_async, warm_up
+from .stats import RequestResult, percentile, slo_attainment, summarize
+from .sweep import measure, sweep
+from .workload import RequestSpec, WorkloadSpec, build_workload
+
+__all__ = [
+    "REGIMES",
+    "Arrivals",
+    "LengthDist",
+    "RequestResult",
+    "RequestSpec",
+    "RunOutcome",
+    "WorkloadSpec",
+    "assign_indices",
+    "build_workload",
+    "environment",
+    "gamma_arrival_times",
+    "gamma_intervals",
+    "measure",
+    "percentile",
+    "power_law_probabilities",
+    "run",
+    "run_async",
+    "run_record",
+    "slo_attainment",
+    "summarize",
+    "sweep",
+    "warm_up",
+    "write_report",
+    "zipf_probabilities",
+]

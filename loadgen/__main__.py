@@ -1,0 +1,5 @@
+"""`python -m loraplex.loadgen` is `loraplex bench`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""The load generator's tests: a real server for the end-to-end ones, and the repository root on
+sys.path so the benchmark pieces (`benchmarks.*`) import as they do under `python -m`."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from model_factory import build_model
+from server_harness import serve
+
+from loraplex.server.config import EngineConfig
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("loadgen-model") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory):
+    from benchmarks.random_adapters import build_adapters
+
+    root = tmp_path_factory.mktemp("loadgen-adapters")
+    ids = build_adapters(tiny_model, root, 3, 4)
+    return root, ids
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tiny_adapters):
+    root, _ = tiny_adapters
+    config = EngineConfig(
+        model_id=str(tiny_model),
+        max_batch_total_tokens=8192,
+        max_input_length=128,
+        max_total_tokens=256,
+        adapter_dirs=(str(root),),
+        max_active_adapters=4,
+        max_lora_rank=8,
+    )
+    with serve(config, max_concurrent_requests=64) as running:
+        yield running
