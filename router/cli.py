@@ -25,6 +25,9 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--revision", default=None, help="hub revision (with a hub id)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    model.add_argument(
+        "--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's)"
+    )
 
     http = parser.add_argument_group("http")
     http.add_argument("--host", default="127.0.0.1")
@@ -153,6 +156,10 @@ def serve(args: argparse.Namespace) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     demo = use_demo_defaults(args)
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     try:
         config = engine_config(args)
         path = resolve_model_path(config.model_id, config.revision)
