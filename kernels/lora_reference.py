@@ -111,3 +111,23 @@ def add_lora_ref(
                 b_t = lora_b[slot, lo:hi, :rank].t()
                 _accumulate(y[begin:end, lo:hi], h, b_t, scale_table[s][slot])
     return y
+
+
+def add_lora_prepared(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    segments: Sequence[tuple[int, int, Sequence[tuple[torch.Tensor, torch.Tensor, float, int, int]]]],
+) -> torch.Tensor:
+    """The same math as ``add_lora_ref`` in float32 on CPU, for callers that keep each slot's slices
+    as ready views: for each (begin, end, slices) and each (a_t [in, r], b_t [r, w], scale, lo, hi),
+
+        y[begin:end, lo:hi] += (x[begin:end] @ a_t) @ b_t * scale
+
+    Indexing the stacked [slots, ...] buffers costs more than the small matmuls themselves on CPU, so
+    the engine prepares these views once per adapter load instead of once per layer and step.
+    """
+    for begin, end, slices in segments:
+        xs, ys = x[begin:end], y[begin:end]
+        for a_t, b_t, scale, lo, hi in slices:
+            ys[:, lo:hi].addmm_(xs @ a_t, b_t, alpha=scale)
+    return y

@@ -9,6 +9,8 @@ A slot whose adapter does not touch a slice has rank 0 there: the kernels skip i
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .peft_format import AdapterWeights
@@ -61,6 +63,11 @@ class AdapterSlots:
                 self.scaling[key] = torch.zeros(n, num_slots, dtype=torch.float32, device=device)
         # Host mirror: which (layer, group) each slot touches, so a step skips groups no row needs.
         self.targets: list[frozenset[tuple[int, str]]] = [frozenset()] * num_slots
+        # On CPU, each slot's slices as ready views (A^T, B^T cut to their rank, scaling, columns): the
+        # CPU path then spends its time in matmuls rather than in indexing the stacked buffers.
+        self.prepared: dict[tuple[int, str], list[list[PreparedSlice]]] = {
+            key: [[] for _ in range(num_slots)] for key in self.a
+        }
 
     def write(self, slot: int, weights: AdapterWeights, stream: torch.cuda.Stream | None = None) -> None:
         """Copy an adapter into `slot` (on `stream` when given); groups it doesn't touch get rank 0."""
@@ -79,11 +86,40 @@ class AdapterSlots:
                 ranks[:, slot] = torch.tensor(slice_ranks, dtype=torch.int32)
                 self.scaling[key][:, slot] = torch.tensor(scalings, dtype=torch.float32)
         self.targets[slot] = frozenset(weights.groups)
+        if self.device.type == "cpu":
+            self._prepare(slot, weights)
+
+    def _prepare(self, slot: int, weights: AdapterWeights) -> None:
+        for key, per_slot in self.prepared.items():
+            entry = weights.groups.get(key)
+            per_slot[slot] = []
+            if entry is None:
+                continue
+            _, _, slice_ranks, scalings = entry
+            offsets = self.slice_offsets[key[1]]
+            for s, rank in enumerate(slice_ranks):
+                lo, hi = offsets[s], offsets[s + 1]
+                if rank:
+                    a_t = self.a[key][slot, s, :rank].t()
+                    b_t = self.b[key][slot, lo:hi, :rank].t()
+                    per_slot[slot].append(PreparedSlice(a_t, b_t, scalings[s], lo, hi))
 
     def clear(self, slot: int) -> None:
         for ranks in self.ranks.values():
             ranks[:, slot] = 0
+        for per_slot in self.prepared.values():
+            per_slot[slot] = []
         self.targets[slot] = frozenset()
+
+
+class PreparedSlice(NamedTuple):
+    """One slice of one slot: y[:, lo:hi] += (x @ a_t) @ b_t * scaling; a_t [in, r], b_t [r, hi - lo]."""
+
+    a_t: torch.Tensor
+    b_t: torch.Tensor
+    scaling: float
+    lo: int
+    hi: int
 
 
 class _nullcontext:
