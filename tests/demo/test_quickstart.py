@@ -1,0 +1,100 @@
+"""The README's quick start, run as written against `loraplex serve` (the demo), so docs can't drift.
+
+The blocks come from the README (the fenced block after each `<!-- quickstart:... -->` marker); the
+only change is the port: the test server listens on a free port instead of 8080. Every command's
+output must equal the `# ...` comment line(s) that follow it in the README.
+"""
+
+import contextlib
+import io
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from server_harness import free_port
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+LORAPLEX = str(Path(sys.executable).with_name("loraplex"))
+
+
+def block(marker: str) -> str:
+    match = re.search(rf"<!-- quickstart:{marker} -->\s*```\w+\n(.*?)```", README.read_text(), re.DOTALL)
+    assert match, f"README has no quickstart:{marker} block"
+    return match.group(1)
+
+
+def commands_with_expected_output(text: str) -> list[tuple[str, str]]:
+    """(command, expected output) pairs: a command (with `\\` continuations) then its `# ` lines."""
+    pairs: list[tuple[str, list[str]]] = []
+    command: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            pairs[-1][1].append(line[2:])
+        elif command and command[-1].endswith("\\"):
+            command.append(line)
+        elif line.strip():
+            command = [line]
+            pairs.append(("", []))
+        if command and not line.startswith("# "):
+            pairs[-1] = ("\n".join(command), pairs[-1][1])
+    return [(cmd, "\n".join(out)) for cmd, out in pairs]
+
+
+@pytest.fixture(scope="module")
+def demo_server():
+    port = free_port()
+    process = subprocess.Popen(
+        [LORAPLEX, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"demo server did not start: {process.stdout.read()}")
+        time.sleep(0.2)
+    yield port, process
+    process.terminate()
+    process.communicate(timeout=30)
+
+
+def with_port(text: str, port: int) -> str:
+    return text.replace("localhost:8080", f"127.0.0.1:{port}")
+
+
+def test_startup_line_names_the_demo(demo_server):
+    port, process = demo_server
+    info = httpx.get(f"http://127.0.0.1:{port}/info").json()
+    assert info["model_id"] == "loraplex-demo" and info["adapters"]["gpu"] == 3
+
+
+def test_curl_block(demo_server):
+    port, _ = demo_server
+    pairs = commands_with_expected_output(block("curl"))
+    assert len(pairs) == 3
+    for command, expected in pairs:
+        result = subprocess.run(
+            ["bash", "-c", with_port(command, port)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, command
+
+
+def test_python_block(demo_server):
+    port, _ = demo_server
+    source = block("python")
+    code = "\n".join(line for line in source.splitlines() if not line.startswith("# "))
+    expected = "\n".join(line[2:] for line in source.splitlines() if line.startswith("# "))
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(with_port(code, port), "README quickstart", "exec"), {})  # noqa: S102 - the README's own code
+    assert output.getvalue().strip() == expected
