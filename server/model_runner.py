@@ -14,7 +14,7 @@ import torch
 from .adapters.lora_batch import LoraBatch
 from .adapters.slots import AdapterSlots
 from .batch import ScheduledBatch, StepOutput
-from .models.attention import AttentionMetadata
+from .models.attention import AttentionMetadata, DecodeBucket, bucket_by_length
 from .models.context import ForwardContext, forward_context
 from .models.llama import CausalLM
 from .request import PromptToken
@@ -80,7 +80,18 @@ class ModelRunner:
             else:
                 seg_slots.append(slot)
                 seg_starts.append(len(input_ids))
-        decode_context = [context_lens[i] for i in decode_rows]
+        buckets = []
+        for group in bucket_by_length([context_lens[i] for i in decode_rows]):
+            rows = [decode_rows[g] for g in group]
+            lens = [context_lens[r] for r in rows]
+            buckets.append(
+                DecodeBucket(
+                    rows=self._tensor(rows),
+                    token_index=self._tensor([decode_tokens[g] for g in group]),
+                    context_lens=self._tensor(lens),
+                    max_context=max(lens),
+                )
+            )
         attention = AttentionMetadata(
             slot_mapping=self._tensor(slot_mapping),
             positions=self._tensor(positions),
@@ -88,10 +99,7 @@ class ModelRunner:
             context_lens=context_lens,
             query_starts=query_starts,
             block_tables=self._tensor(block_tables),
-            decode_rows=self._tensor(decode_rows),
-            decode_token_index=self._tensor(decode_tokens),
-            decode_context_lens=self._tensor(decode_context),
-            decode_max_context=max(decode_context, default=0),
+            decode_buckets=buckets,
             prefill_rows=prefill_rows,
         )
         return StepInputs(

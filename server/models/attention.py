@@ -18,6 +18,29 @@ import torch.nn.functional as F
 
 
 @dataclass
+class DecodeBucket:
+    """rows [Bd]: sequence indices; token_index [Bd]: their token in the step; context_lens [Bd];
+    max_context: the longest of them (host int)."""
+
+    rows: torch.Tensor
+    token_index: torch.Tensor
+    context_lens: torch.Tensor
+    max_context: int
+
+
+def bucket_by_length(context_lens: list[int], max_buckets: int = 4, min_rows: int = 8) -> list[list[int]]:
+    """Split positions into up to `max_buckets` groups of similar length (sorted, equal-count groups):
+    padding each group to its own maximum instead of the batch's keeps the copied keys and values close
+    to what the sequences hold."""
+    if not context_lens:
+        return []
+    order = sorted(range(len(context_lens)), key=context_lens.__getitem__)
+    count = max(1, min(max_buckets, len(order) // min_rows))
+    size = -(-len(order) // count)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+@dataclass
 class AttentionMetadata:
     """Everything attention needs for one flattened step of B sequences and T tokens.
 
@@ -26,9 +49,8 @@ class AttentionMetadata:
     query_lens, context_lens: per sequence, new tokens this step and total tokens after it (host ints).
     query_starts: per sequence, offset of its first new token in the flattened step (host ints).
     block_tables [B, max_blocks] int64: cache blocks of each sequence, padded with 0.
-    decode_rows [Bd] int64: indices of sequences with exactly one new token (batched together).
-    decode_token_index [Bd] int64: their token index in the step.
-    decode_context_lens [Bd] int64 and decode_max_context (host int): their context lengths.
+    decode_buckets: the sequences with exactly one new token, in groups of similar context length
+        (each group is one batched attention call, padded only to its own longest context).
     prefill_rows: the other sequences (host ints), attended one at a time.
     """
 
@@ -38,10 +60,7 @@ class AttentionMetadata:
     context_lens: list[int]
     query_starts: list[int]
     block_tables: torch.Tensor
-    decode_rows: torch.Tensor
-    decode_token_index: torch.Tensor
-    decode_context_lens: torch.Tensor
-    decode_max_context: int
+    decode_buckets: list[DecodeBucket]
     prefill_rows: list[int]
 
 
@@ -101,21 +120,21 @@ class TorchAttention:
         k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
         out = torch.empty_like(q)
-        if metadata.decode_rows.numel():
-            self._decode(q, k_cache, v_cache, metadata, scale, sliding_window, out)
+        for bucket in metadata.decode_buckets:
+            self._decode(bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out)
         for row in metadata.prefill_rows:
             self._prefill(row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out)
         return out
 
-    def _decode(self, q, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
+    def _decode(self, bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
         block_size = k_cache.shape[1]
-        num_blocks = (metadata.decode_max_context + block_size - 1) // block_size
-        blocks = metadata.block_tables[metadata.decode_rows, :num_blocks]
+        num_blocks = (bucket.max_context + block_size - 1) // block_size
+        blocks = metadata.block_tables[bucket.rows, :num_blocks]
         keys = _gather_blocks(k_cache, blocks)
         values = _gather_blocks(v_cache, blocks)
-        query_positions = (metadata.decode_context_lens - 1).unsqueeze(-1)
+        query_positions = (bucket.context_lens - 1).unsqueeze(-1)
         mask = _allowed_keys(query_positions, keys.shape[1], sliding_window).unsqueeze(1)
-        query = q[metadata.decode_token_index].unsqueeze(2)
+        query = q[bucket.token_index].unsqueeze(2)
         attended = F.scaled_dot_product_attention(
             query,
             keys.transpose(1, 2),
@@ -124,7 +143,7 @@ class TorchAttention:
             scale=scale,
             enable_gqa=True,
         )
-        out[metadata.decode_token_index] = attended.squeeze(2)
+        out[bucket.token_index] = attended.squeeze(2)
 
     def _prefill(self, row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
         start, length = metadata.query_starts[row], metadata.query_lens[row]
@@ -137,13 +156,17 @@ class TorchAttention:
             blocks = metadata.block_tables[row : row + 1, : (context + block_size - 1) // block_size]
             keys = _gather_blocks(k_cache, blocks)[0, :context]
             values = _gather_blocks(v_cache, blocks)[0, :context]
-        query_positions = torch.arange(context - length, context, device=q.device)
-        mask = _allowed_keys(query_positions, context, sliding_window)
+        whole_prompt = context == length and (sliding_window is None or sliding_window >= context)
+        mask = None
+        if not whole_prompt:
+            query_positions = torch.arange(context - length, context, device=q.device)
+            mask = _allowed_keys(query_positions, context, sliding_window)
         attended = F.scaled_dot_product_attention(
             query,
             keys.transpose(0, 1).unsqueeze(0),
             values.transpose(0, 1).unsqueeze(0),
             attn_mask=mask,
+            is_causal=whole_prompt,
             scale=scale,
             enable_gqa=True,
         )
