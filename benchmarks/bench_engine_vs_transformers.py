@@ -125,6 +125,8 @@ def main() -> None:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    best = max((n for n in results if n != "engine"), key=lambda n: results[n]["tokens_per_second"])
+    report["speedup_vs_best_transformers"] = {"peer": best, "ratio": report["speedup_vs"][best]}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
