@@ -87,19 +87,46 @@ def _allowed_keys(query_positions: torch.Tensor, num_keys: int, sliding_window: 
     return visible
 
 
-def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """cache [num_blocks, block_size, H_kv, d], blocks [B, n] -> [B, n * block_size, H_kv, d].
+class GatherWorkspace:
+    """Reusable buffers for the keys and values a layer gathers from the paged cache.
 
-    index_select on rows of a 2-D view copies whole blocks at once (advanced indexing copies element
-    by element and is several times slower on CPU).
+    Every layer of every step gathers tens of MB; a fresh tensor that size can come from fresh pages
+    (page faults cost more than the copy), and reusing one buffer avoids that. The gathered tensors
+    only live until the layer's attention call returns, so one buffer per role is enough.
     """
-    num_blocks, block_size, heads, dim = cache.shape
-    rows = cache.view(num_blocks, -1).index_select(0, blocks.reshape(-1))
-    return rows.view(blocks.shape[0], blocks.shape[1] * block_size, heads, dim)
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def gather(self, role: str, cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """cache [num_blocks, block_size, H_kv, d], blocks [B, n] -> [B, n * block_size, H_kv, d].
+
+        index_select on rows of a 2-D view copies whole blocks at once (advanced indexing copies
+        element by element and is several times slower on CPU). The result is a view of this
+        workspace's buffer, valid until the next `gather` for the same role.
+        """
+        num_blocks, block_size, heads, dim = cache.shape
+        flat = blocks.reshape(-1)
+        row = block_size * heads * dim
+        buffer = self._buffers.get(role)
+        if (
+            buffer is None
+            or buffer.numel() < flat.numel() * row
+            or buffer.dtype != cache.dtype
+            or buffer.device != cache.device
+        ):
+            buffer = torch.empty(flat.numel() * row, dtype=cache.dtype, device=cache.device)
+            self._buffers[role] = buffer
+        out = buffer[: flat.numel() * row].view(flat.numel(), row)
+        torch.index_select(cache.view(num_blocks, row), 0, flat, out=out)
+        return out.view(blocks.shape[0], blocks.shape[1] * block_size, heads, dim)
 
 
 class TorchAttention:
     """Paged attention in plain PyTorch: decodes batched in one SDPA call, prefill chunks one sequence each."""
+
+    def __init__(self) -> None:
+        self.workspace = GatherWorkspace()
 
     def forward(
         self,
@@ -130,8 +157,8 @@ class TorchAttention:
         block_size = k_cache.shape[1]
         num_blocks = (bucket.max_context + block_size - 1) // block_size
         blocks = metadata.block_tables[bucket.rows, :num_blocks]
-        keys = _gather_blocks(k_cache, blocks)
-        values = _gather_blocks(v_cache, blocks)
+        keys = self.workspace.gather("keys", k_cache, blocks)
+        values = self.workspace.gather("values", v_cache, blocks)
         query_positions = (bucket.context_lens - 1).unsqueeze(-1)
         mask = _allowed_keys(query_positions, keys.shape[1], sliding_window).unsqueeze(1)
         query = q[bucket.token_index].unsqueeze(2)
@@ -154,8 +181,8 @@ class TorchAttention:
         else:
             block_size = k_cache.shape[1]
             blocks = metadata.block_tables[row : row + 1, : (context + block_size - 1) // block_size]
-            keys = _gather_blocks(k_cache, blocks)[0, :context]
-            values = _gather_blocks(v_cache, blocks)[0, :context]
+            keys = self.workspace.gather("keys", k_cache, blocks)[0, :context]
+            values = self.workspace.gather("values", v_cache, blocks)[0, :context]
         whole_prompt = context == length and (sliding_window is None or sliding_window >= context)
         mask = None
         if not whole_prompt:

@@ -89,9 +89,10 @@ def test_curl_block(demo_server):
         assert result.stdout.strip() == expected, command
 
 
-def test_python_block(demo_server):
+@pytest.mark.parametrize("marker", ["python", "client"])
+def test_python_block(demo_server, marker):
     port, _ = demo_server
-    source = block("python")
+    source = block(marker)
     code = "\n".join(line for line in source.splitlines() if not line.startswith("# "))
     expected = "\n".join(line[2:] for line in source.splitlines() if line.startswith("# "))
     output = io.StringIO()
