@@ -165,9 +165,10 @@ def main() -> None:
     parser.add_argument("--load-ranks", type=int, nargs="+", default=(8, 16, 64))
     parser.add_argument("--prompt-len", type=int, nargs=2, default=(16, 48))
     parser.add_argument("--output-len", type=int, nargs=2, default=(32, 64))
-    parser.add_argument("--out", type=Path, default=RESULTS / "adapters_cpu.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/adapters_<cpu|cuda>.json")
     args = parser.parse_args()
 
+    out = args.out or RESULTS / f"adapters_{torch.device(args.device).type}.json"
     model_dir = build(args.model)
     root = CACHE / f"{args.model}-adapters"
     requests = synthetic_requests(
@@ -193,8 +194,8 @@ def main() -> None:
         "throughput": throughput(engine, root, model_dir, requests, list(args.adapter_counts), args.rank),
     }
     engine.shutdown()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

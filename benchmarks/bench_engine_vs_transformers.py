@@ -6,13 +6,19 @@ Both generate exactly each request's output length (EOS ignored). transformers r
 arrival order in static batches (left-padded, each batch decoding until its longest request is done),
 at several batch sizes; the engine takes all of them at once and batches continuously. Throughput
 counts requested tokens only; the headline ratio is against the fastest transformers batch size.
+
+Runs are interleaved in rounds so that a noisy machine slows both sides alike: round 1 times the engine
+and every batch size; each later round times the engine and the fastest batch size again. The engine
+and the fastest batch size report the median of their rounds; the other sizes one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,31 +33,32 @@ from loraplex.server.request import SamplingParams
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_engine(model_dir: Path, requests, device: str, repeats: int = 3) -> dict:
-    """The median of `repeats` runs (the engine's run is short, so one run is noisier than the peer's)."""
+def engine_runner(model_dir: Path, requests, device: str) -> Callable[[], float]:
+    """A function that generates every request through the engine and returns the seconds it took."""
     engine = Engine(EngineConfig(model_id=str(model_dir), device=device, max_batch_total_tokens=64 * 1024))
     warm = engine.make_request(
         requests[0].prompt_ids, SamplingParams(max_new_tokens=2, ignore_eos_token=True)
     )
     engine.generate([warm])
-    times, steps = [], 0
-    for _ in range(repeats):
+
+    def run() -> float:
         submitted = [
             engine.make_request(
                 r.prompt_ids, SamplingParams(max_new_tokens=r.output_len, ignore_eos_token=True)
             )
             for r in requests
         ]
-        steps = engine.num_steps
         start = time.perf_counter()
         engine.generate(submitted)
-        times.append(time.perf_counter() - start)
-        steps = engine.num_steps - steps
+        seconds = time.perf_counter() - start
         assert all(r.num_output_tokens == q.output_len for r, q in zip(submitted, requests, strict=True))
-    return {"seconds": sorted(times)[len(times) // 2], "all_seconds": times, "steps": steps}
+        return seconds
+
+    return run
 
 
-def run_transformers(model_dir: Path, requests, batch_size: int, device: str) -> dict:
+def transformers_runner(model_dir: Path, requests, device: str) -> Callable[[int], float]:
+    """A function that generates every request with transformers in static batches of a given size."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
@@ -76,10 +83,28 @@ def run_transformers(model_dir: Path, requests, batch_size: int, device: str) ->
         assert out.shape[1] == width + new_tokens
 
     generate_batch(requests[:1])
-    start = time.perf_counter()
-    for i in range(0, len(requests), batch_size):
-        generate_batch(requests[i : i + batch_size])
-    return {"seconds": time.perf_counter() - start, "batch_size": batch_size}
+
+    def run(batch_size: int) -> float:
+        start = time.perf_counter()
+        for i in range(0, len(requests), batch_size):
+            generate_batch(requests[i : i + batch_size])
+        return time.perf_counter() - start
+
+    return run
+
+
+def timed_rounds(
+    run_engine: Callable[[], float], run_transformers: Callable[[int], float], batch_sizes, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds of every run, by system name, in the interleaved order the module docstring describes."""
+    seconds: dict[str, list[float]] = {"engine": [run_engine()]}
+    for batch_size in batch_sizes:
+        seconds[f"transformers_static_b{batch_size}"] = [run_transformers(batch_size)]
+    fastest = min(batch_sizes, key=lambda b: seconds[f"transformers_static_b{b}"][0])
+    for _ in range(rounds - 1):
+        seconds["engine"].append(run_engine())
+        seconds[f"transformers_static_b{fastest}"].append(run_transformers(fastest))
+    return seconds
 
 
 def main() -> None:
@@ -92,6 +117,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, nargs=2, default=(32, 256))
     parser.add_argument("--output-len", type=int, nargs=2, default=(16, 128))
     parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=(8, 16, 32, 64))
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "engine_vs_transformers_cpu.json")
     args = parser.parse_args()
@@ -103,13 +129,18 @@ def main() -> None:
         args.requests, tuple(args.prompt_len), tuple(args.output_len), vocab_size=32000
     )
     useful_tokens = sum(r.output_len for r in requests)
-    results = {"engine": run_engine(model_dir, requests, args.device)}
-    for batch_size in args.hf_batch_sizes:
-        results[f"transformers_static_b{batch_size}"] = run_transformers(
-            model_dir, requests, batch_size, args.device
-        )
-    for entry in results.values():
-        entry["tokens_per_second"] = useful_tokens / entry["seconds"]
+    seconds = timed_rounds(
+        engine_runner(model_dir, requests, args.device),
+        transformers_runner(model_dir, requests, args.device),
+        args.hf_batch_sizes,
+        args.rounds,
+    )
+    results = {}
+    for name, runs in seconds.items():
+        median = statistics.median(runs)
+        results[name] = {"seconds": median, "all_seconds": runs, "tokens_per_second": useful_tokens / median}
+        if name != "engine":
+            results[name]["batch_size"] = int(name.rsplit("_b", 1)[1])
     engine_tps = results["engine"]["tokens_per_second"]
     report = {
         "benchmark": "engine_vs_transformers",
@@ -121,6 +152,7 @@ def main() -> None:
             "prompt_len_range": list(args.prompt_len),
             "output_len_range": list(args.output_len),
             "seed": 0,
+            "rounds": args.rounds,
             "generated_tokens": useful_tokens,
             "prompt_tokens": sum(len(r.prompt_ids) for r in requests),
         },
