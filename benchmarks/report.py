@@ -1,0 +1,189 @@
+"""Markdown tables for the README from the committed results in `benchmarks/results/`.
+
+    python -m benchmarks.report                 # print the tables
+    python -m benchmarks.report --write-readme  # replace the README's results block with them
+
+The README's block sits between `<!-- results:begin -->` and `<!-- results:end -->`; a test checks it
+equals what this module renders, so the README never shows a number the results do not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).parents[1] / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _provenance(report: dict[str, Any], command: str) -> str:
+    env = report["environment"]
+    threads = env.get("torch_threads")
+    device = env["device"] + (f", {threads} torch threads" if threads and "CPU" in env["device"] else "")
+    return (
+        f"{env['machine']}; {device}; torch {env['torch']}; {env['date']}; commit `{env['commit']}`. "
+        f"Reproduce: `{command}`."
+    )
+
+
+def _runs(entry: dict[str, Any]) -> str:
+    runs = len(entry.get("all_seconds", [0]))
+    return f" (median of {runs} runs)" if runs > 1 else ""
+
+
+def _goal(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def engine_section(report: dict[str, Any]) -> list[str]:
+    workload, results = report["workload"], report["results"]
+    engine_tps = results["engine"]["tokens_per_second"]
+    lines = [
+        "### Engine against `transformers` generate (no adapters)",
+        "",
+        f"{workload['model']}, {workload['dtype']}, {workload['requests']} requests, prompts "
+        f"{workload['prompt_len_range'][0]}-{workload['prompt_len_range'][1]} tokens, outputs "
+        f"{workload['output_len_range'][0]}-{workload['output_len_range'][1]} tokens (seed "
+        f"{workload['seed']}), greedy. Generated tokens per second of wall time:",
+        "",
+        "| system | tokens/s | loraplex is |",
+        "|---|---:|---:|",
+        f"| loraplex, continuous batching{_runs(results['engine'])} | {engine_tps:.0f} | |",
+    ]
+    for name, entry in results.items():
+        if name == "engine":
+            continue
+        lines.append(
+            f"| transformers, static batches of {entry['batch_size']}{_runs(entry)} "
+            f"| {entry['tokens_per_second']:.0f} | {report['speedup_vs'][name]:.2f}x faster |"
+        )
+    best = report["speedup_vs_best_transformers"]
+    lines += [
+        "",
+        f"Against the fastest static batch size: {best['ratio']:.2f}x (goal 2x: {_goal(best['ratio'] >= 2)}).",
+        "",
+        _provenance(report, "python -m benchmarks.bench_engine_vs_transformers"),
+    ]
+    return lines
+
+
+def adapters_section(report: dict[str, Any]) -> list[str]:
+    workload, stalls = report["workload"], report["stalls"]
+    lines = [
+        "### Adapters: cold loads, stalls, throughput as adapters multiply",
+        "",
+        "| rank | adapter bytes | disk to ready (ms) | MB/s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in report["cold_load"]:
+        lines.append(
+            f"| {row['rank']} | {row['bytes'] / 1e6:.1f} MB | {row['seconds'] * 1000:.0f} | {row['MB_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"While {stalls['cold_adapters']} cold rank-64 adapters loaded in the background, "
+        f"{stalls['resident_requests']} requests for resident adapters ran {stalls['steps_while_loading']} "
+        f"steps: {stalls['stalled_steps']} stalled (goal 0: {_goal(stalls['stalled_steps'] == 0)}); median "
+        f"step {stalls['step_ms_p50_while_loading']:.0f} ms while loading, "
+        f"{stalls['step_ms_p50_otherwise']:.0f} ms otherwise.",
+        "",
+        f"Throughput, {workload['requests']} requests, prompts {workload['prompt_len_range'][0]}-"
+        f"{workload['prompt_len_range'][1]}, outputs {workload['output_len_range'][0]}-"
+        f"{workload['output_len_range'][1]}, rank-{workload['rank']} adapters on {workload['targets']}, "
+        "assigned round robin (with 64, every request in the batch has its own):",
+        "",
+        "| adapters | tokens/s | of base model |",
+        "|---|---:|---:|",
+    ]
+    for name, entry in report["throughput"].items():
+        label = "none (base model)" if name == "base" else name.split("_")[0]
+        lines.append(f"| {label} | {entry['tokens_per_second']:.0f} | {entry['relative_to_base']:.0%} |")
+    lines += ["", _provenance(report, "python -m benchmarks.bench_adapters")]
+    return lines
+
+
+def serving_section(report: dict[str, Any]) -> list[str]:
+    workload, comparisons = report["workload"], report["comparisons"]
+    arrivals = workload["arrivals"]
+    lines = [
+        "### Serving over HTTP against `peft` mixed-adapter batching",
+        "",
+        f"{report['model']}, {report['dtype']}; {workload['num_requests']} requests per run, prompts "
+        f"{workload['prompt_len']} tokens, outputs {workload['output_len']}, "
+        f"{arrivals['mode'].replace('_', ' ')} with {arrivals['concurrency']} in flight, through the HTTP "
+        f"server and `loraplex bench`; rank-{workload['rank']} adapters on {workload['targets']}. `peft` "
+        f"runs in-process (no HTTP), static batches of {workload['peft_batch_size']} with each row's "
+        "adapter (`adapter_names=`).",
+        "",
+        "| system | adapters | output tokens/s | TTFT p50 (s) | ITL p50 (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for run in report["runs"]:
+        summary = run["summary"]
+        ttft = f"{summary['ttft_s']['p50']:.2f}" if run["system"] == "loraplex" else ""
+        itl = f"{summary['itl_s']['p50'] * 1000:.0f}" if run["system"] == "loraplex" else ""
+        adapters = "none" if run["adapters"] in (0, "base") else run["adapters"]
+        lines.append(
+            f"| {run['system']} | {adapters} | {summary['output_tokens_per_s']:.0f} | {ttft} | {itl} |"
+        )
+    lines.append("")
+    for name, goal in comparisons.get("goals", {}).items():
+        lines.append(f"- {name}: {goal['value']:.2f} (goal {goal['target']}: {_goal(goal['met'])})")
+    overhead = comparisons.get("lora_overhead_vs_base", {})
+    if overhead:
+        lines.append(
+            "- LoRA cost against the base model: "
+            + ", ".join(f"{n} adapters {value:.0%}" for n, value in overhead.items())
+        )
+    lines += ["", _provenance(report, f"python -m benchmarks.bench_serving --config {report['config']}")]
+    return lines
+
+
+def render() -> str:
+    sections = [
+        ("engine_vs_transformers_cpu.json", engine_section),
+        ("adapters_cpu.json", adapters_section),
+        ("serving_cpu.json", serving_section),
+        ("adapters_cuda.json", adapters_section),
+        ("serving_gpu.json", serving_section),
+    ]
+    lines: list[str] = []
+    for name, section in sections:
+        report = _load(name)
+        if report is not None:
+            lines += [*section(report), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_block(text: str) -> str:
+    match = re.search(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), text, re.DOTALL)
+    if match is None:
+        raise ValueError(f"README has no {BEGIN} ... {END} block")
+    return match.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    tables = render()
+    if not args.write_readme:
+        print(tables, end="")
+        return
+    text = README.read_text()
+    README.write_text(text.replace(BEGIN + "\n" + readme_block(text) + END, BEGIN + "\n" + tables + END))
+
+
+if __name__ == "__main__":
+    main()
