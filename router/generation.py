@@ -130,4 +130,4 @@ class Generator:
 
 async def _until_disconnected(http_request: Request) -> None:
     while not await http_request.is_disconnected():
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.1)

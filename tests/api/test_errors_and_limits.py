@@ -98,14 +98,22 @@ def test_client_disconnect_mid_stream_aborts_and_frees_blocks(server):
     assert engine.num_aborted == aborted + 1
 
 
-def test_client_disconnect_on_generate_aborts(server):
+def test_client_disconnect_on_generate_aborts(server, monkeypatch):
     engine = server.engine
+    run_step = engine.runner.run
+
+    def slow_step(batch):  # 190 steps take >= 1.9 s: the hang-up is always seen before the end
+        time.sleep(0.01)
+        return run_step(batch)
+
+    monkeypatch.setattr(engine.runner, "run", slow_step)
     aborted = engine.num_aborted
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 190, "ignore_eos_token": True}}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/generate", json=body, timeout=0.3)
     server.wait_idle(timeout=15)
     assert engine.num_aborted == aborted + 1
+    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
 
 
 def test_burst_over_max_concurrent_requests_gets_429(llama_dir):
