@@ -55,7 +55,10 @@ class BlockAllocator:
 
 
 class KVCache:
-    """Per layer, keys and values [num_blocks, block_size, H_kv, d] in one allocation."""
+    """Per layer, keys and values [H_kv, num_blocks, block_size, d] in one allocation.
+
+    Head-major: gathering a sequence's blocks head by head yields [H_kv, L, d] runs that attention
+    reads as [B, H_kv, L, d] without a transpose copy."""
 
     def __init__(
         self,
@@ -70,7 +73,7 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.storage = torch.zeros(
-            num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device
+            num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim, dtype=dtype, device=device
         )
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Paged attention: the metadata one step needs, and the PyTorch backend that runs on CPU and CUDA.
 
-KV cache layout per layer: k_cache, v_cache [num_blocks, block_size, H_kv, d]. Token i of a sequence lives
-in block block_table[i // block_size] at offset i % block_size; `slot_mapping[t]` is the flat index
+KV cache layout per layer: k_cache, v_cache [H_kv, num_blocks, block_size, d] (head-major). Token i of a sequence
+lives in block block_table[i // block_size] at offset i % block_size; `slot_mapping[t]` is the flat index
 (block * block_size + offset) where step token t writes its key and value.
 
 A backend is any object with `forward(q, k, v, k_cache, v_cache, metadata, scale, sliding_window)`; the
@@ -99,27 +99,31 @@ class GatherWorkspace:
         self._buffers: dict[str, torch.Tensor] = {}
 
     def gather(self, role: str, cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        """cache [num_blocks, block_size, H_kv, d], blocks [B, n] -> [B, n * block_size, H_kv, d].
+        """cache [H_kv, num_blocks, block_size, d], blocks [B, n] -> [B, H_kv, n * block_size, d].
 
-        index_select on rows of a 2-D view copies whole blocks at once (advanced indexing copies
-        element by element and is several times slower on CPU). The result is a view of this
+        One index_select over rows of the [H_kv * num_blocks, block_size * d] view copies whole
+        blocks (advanced indexing copies element by element and is several times slower on CPU),
+        head by head, so each (sequence, head) run is contiguous. The result is a view of this
         workspace's buffer, valid until the next `gather` for the same role.
         """
-        num_blocks, block_size, heads, dim = cache.shape
-        flat = blocks.reshape(-1)
-        row = block_size * heads * dim
+        heads, num_blocks, block_size, dim = cache.shape
+        batch, n = blocks.shape
+        head_offsets = torch.arange(heads, device=blocks.device).view(heads, 1, 1) * num_blocks
+        rows = (head_offsets + blocks.unsqueeze(0)).reshape(-1)
+        row = block_size * dim
+        size = rows.numel() * row
         buffer = self._buffers.get(role)
         if (
             buffer is None
-            or buffer.numel() < flat.numel() * row
+            or buffer.numel() < size
             or buffer.dtype != cache.dtype
             or buffer.device != cache.device
         ):
-            buffer = torch.empty(flat.numel() * row, dtype=cache.dtype, device=cache.device)
+            buffer = torch.empty(size, dtype=cache.dtype, device=cache.device)
             self._buffers[role] = buffer
-        out = buffer[: flat.numel() * row].view(flat.numel(), row)
-        torch.index_select(cache.view(num_blocks, row), 0, flat, out=out)
-        return out.view(blocks.shape[0], blocks.shape[1] * block_size, heads, dim)
+        out = buffer[:size].view(rows.numel(), row)
+        torch.index_select(cache.view(heads * num_blocks, row), 0, rows, out=out)
+        return out.view(heads, batch, n * block_size, dim).transpose(0, 1)
 
 
 class TorchAttention:
@@ -143,9 +147,9 @@ class TorchAttention:
 
         out[t] = softmax(q[t] . K^T * scale + mask) V over the sequence's cached keys, causal.
         """
-        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        num_kv_heads, num_blocks, block_size, head_dim = k_cache.shape
+        k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, metadata.slot_mapping, k.transpose(0, 1))
+        v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, metadata.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)
         for bucket in metadata.decode_buckets:
             self._decode(bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out)
@@ -154,18 +158,18 @@ class TorchAttention:
         return out
 
     def _decode(self, bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
-        block_size = k_cache.shape[1]
+        block_size = k_cache.shape[2]
         num_blocks = (bucket.max_context + block_size - 1) // block_size
         blocks = metadata.block_tables[bucket.rows, :num_blocks]
         keys = self.workspace.gather("keys", k_cache, blocks)
         values = self.workspace.gather("values", v_cache, blocks)
         query_positions = (bucket.context_lens - 1).unsqueeze(-1)
-        mask = _allowed_keys(query_positions, keys.shape[1], sliding_window).unsqueeze(1)
+        mask = _allowed_keys(query_positions, keys.shape[2], sliding_window).unsqueeze(1)
         query = q[bucket.token_index].unsqueeze(2)
         attended = F.scaled_dot_product_attention(
             query,
-            keys.transpose(1, 2),
-            values.transpose(1, 2),
+            keys,
+            values,
             attn_mask=mask,
             scale=scale,
             enable_gqa=True,
@@ -176,13 +180,16 @@ class TorchAttention:
         start, length = metadata.query_starts[row], metadata.query_lens[row]
         context = metadata.context_lens[row]
         query = q[start : start + length].transpose(0, 1).unsqueeze(0)
-        if context == length:
-            keys, values = k[start : start + length], v[start : start + length]
+        if context == length:  # keys and values [H_kv, L, d]
+            keys, values = (
+                k[start : start + length].transpose(0, 1),
+                v[start : start + length].transpose(0, 1),
+            )
         else:
-            block_size = k_cache.shape[1]
+            block_size = k_cache.shape[2]
             blocks = metadata.block_tables[row : row + 1, : (context + block_size - 1) // block_size]
-            keys = self.workspace.gather("keys", k_cache, blocks)[0, :context]
-            values = self.workspace.gather("values", v_cache, blocks)[0, :context]
+            keys = self.workspace.gather("keys", k_cache, blocks)[0, :, :context]
+            values = self.workspace.gather("values", v_cache, blocks)[0, :, :context]
         whole_prompt = context == length and (sliding_window is None or sliding_window >= context)
         mask = None
         if not whole_prompt:
@@ -190,8 +197,8 @@ class TorchAttention:
             mask = _allowed_keys(query_positions, context, sliding_window)
         attended = F.scaled_dot_product_attention(
             query,
-            keys.transpose(0, 1).unsqueeze(0),
-            values.transpose(0, 1).unsqueeze(0),
+            keys.unsqueeze(0),
+            values.unsqueeze(0),
             attn_mask=mask,
             is_causal=whole_prompt,
             scale=scale,
