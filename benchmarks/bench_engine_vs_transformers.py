@@ -7,9 +7,11 @@ arrival order in static batches (left-padded, each batch decoding until its long
 at several batch sizes; the engine takes all of them at once and batches continuously. Throughput
 counts requested tokens only; the headline ratio is against the fastest transformers batch size.
 
-Runs are interleaved in rounds so that a noisy machine slows both sides alike: round 1 times the engine
-and every batch size; each later round times the engine and the fastest batch size again. The engine
-and the fastest batch size report the median of their rounds; the other sizes one run.
+Every timed run is a fresh process (`--worker`) that loads its system, warms up and generates once, so
+neither side inherits the other's heap or threads. Runs are interleaved in rounds so that a noisy
+machine slows both sides alike: round 1 times the engine and every batch size; each later round times
+the engine and the fastest batch size again. The engine and the fastest batch size report the median of
+their rounds; the other sizes one run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +40,13 @@ RESULTS = Path(__file__).parent / "results"
 def engine_runner(model_dir: Path, requests, device: str) -> Callable[[], float]:
     """A function that generates every request through the engine and returns the seconds it took."""
     engine = Engine(EngineConfig(model_id=str(model_dir), device=device, max_batch_total_tokens=64 * 1024))
-    warm = engine.make_request(
-        requests[0].prompt_ids, SamplingParams(max_new_tokens=2, ignore_eos_token=True)
+    # Warm-up, as for transformers: the first batch (for the engine, every request) with 2 new tokens.
+    engine.generate(
+        [
+            engine.make_request(r.prompt_ids, SamplingParams(max_new_tokens=2, ignore_eos_token=True))
+            for r in requests
+        ]
     )
-    engine.generate([warm])
 
     def run() -> float:
         submitted = [
@@ -65,13 +72,13 @@ def transformers_runner(model_dir: Path, requests, device: str) -> Callable[[int
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
 
-    def generate_batch(batch) -> None:
+    def generate_batch(batch, new_tokens: int | None = None) -> None:
         width = max(len(r.prompt_ids) for r in batch)
         ids = torch.tensor([[0] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch], device=device)
         mask = torch.tensor(
             [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch], device=device
         )
-        new_tokens = max(r.output_len for r in batch)
+        new_tokens = new_tokens or max(r.output_len for r in batch)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
@@ -82,9 +89,8 @@ def transformers_runner(model_dir: Path, requests, device: str) -> Callable[[int
             )
         assert out.shape[1] == width + new_tokens
 
-    generate_batch(requests[:1])
-
     def run(batch_size: int) -> float:
+        generate_batch(requests[:batch_size], new_tokens=2)  # warm-up: the first batch, 2 new tokens
         start = time.perf_counter()
         for i in range(0, len(requests), batch_size):
             generate_batch(requests[i : i + batch_size])
@@ -107,6 +113,20 @@ def timed_rounds(
     return seconds
 
 
+def isolated_run(args: argparse.Namespace, system: str, batch_size: int = 0) -> float:
+    """Seconds of one run of `system` in a fresh worker process."""
+    command = [sys.executable, "-m", "benchmarks.bench_engine_vs_transformers", "--worker", system]
+    command += ["--model", args.model, "--device", args.device, "--requests", str(args.requests)]
+    command += ["--prompt-len", *map(str, args.prompt_len), "--output-len", *map(str, args.output_len)]
+    command += ["--worker-batch-size", str(batch_size)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{system} worker failed:\n{done.stderr[-3000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,6 +138,8 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, nargs=2, default=(16, 128))
     parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=(8, 16, 32, 64))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker", choices=("engine", "transformers"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-batch-size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "engine_vs_transformers_cpu.json")
     args = parser.parse_args()
@@ -128,10 +150,20 @@ def main() -> None:
     requests = synthetic_requests(
         args.requests, tuple(args.prompt_len), tuple(args.output_len), vocab_size=32000
     )
+    if args.worker == "engine":
+        print(json.dumps({"seconds": engine_runner(model_dir, requests, args.device)()}))
+        return
+    if args.worker == "transformers":
+        print(
+            json.dumps(
+                {"seconds": transformers_runner(model_dir, requests, args.device)(args.worker_batch_size)}
+            )
+        )
+        return
     useful_tokens = sum(r.output_len for r in requests)
     seconds = timed_rounds(
-        engine_runner(model_dir, requests, args.device),
-        transformers_runner(model_dir, requests, args.device),
+        lambda: isolated_run(args, "engine"),
+        lambda batch_size: isolated_run(args, "transformers", batch_size),
         args.hf_batch_sizes,
         args.rounds,
     )
@@ -153,6 +185,7 @@ def main() -> None:
             "output_len_range": list(args.output_len),
             "seed": 0,
             "rounds": args.rounds,
+            "isolation": "each timed run in a fresh process",
             "generated_tokens": useful_tokens,
             "prompt_tokens": sum(len(r.prompt_ids) for r in requests),
         },
