@@ -84,12 +84,12 @@ class ModelRunner:
         for group in bucket_by_length([context_lens[i] for i in decode_rows]):
             rows = [decode_rows[g] for g in group]
             lens = [context_lens[r] for r in rows]
+            num_blocks = -(-max(lens) // block_size)
             buckets.append(
                 DecodeBucket(
-                    rows=self._tensor(rows),
                     token_index=self._tensor([decode_tokens[g] for g in group]),
                     context_lens=self._tensor(lens),
-                    max_context=max(lens),
+                    blocks=self._tensor([block_tables[r][:num_blocks] for r in rows]),
                 )
             )
         attention = AttentionMetadata(

@@ -10,7 +10,8 @@ model only talks to that seam, so a GPU kernel can replace `TorchAttention` with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -19,13 +20,23 @@ import torch.nn.functional as F
 
 @dataclass
 class DecodeBucket:
-    """rows [Bd]: sequence indices; token_index [Bd]: their token in the step; context_lens [Bd];
-    max_context: the longest of them (host int)."""
+    """token_index [Bd]: each sequence's token in the step; context_lens [Bd];
+    blocks [Bd, n]: the cache blocks covering the longest of them.
 
-    rows: torch.Tensor
+    What attention derives from these is the same in every layer, so it is made once per step
+    (`derived`) and reused by the others.
+    """
+
     token_index: torch.Tensor
     context_lens: torch.Tensor
-    max_context: int
+    blocks: torch.Tensor
+    _derived: dict[Hashable, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def derived(self, key: Hashable, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        value = self._derived.get(key)
+        if value is None:
+            value = self._derived[key] = make()
+        return value
 
 
 def bucket_by_length(context_lens: list[int], max_buckets: int = 4, min_rows: int = 8) -> list[list[int]]:
@@ -98,18 +109,19 @@ class GatherWorkspace:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def gather(self, role: str, cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def gather(
+        self, role: str, cache: torch.Tensor, blocks: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
         """cache [H_kv, num_blocks, block_size, d], blocks [B, n] -> [B, H_kv, n * block_size, d].
 
         One index_select over rows of the [H_kv * num_blocks, block_size * d] view copies whole
         blocks (advanced indexing copies element by element and is several times slower on CPU),
-        head by head, so each (sequence, head) run is contiguous. The result is a view of this
-        workspace's buffer, valid until the next `gather` for the same role.
+        head by head, so each (sequence, head) run is contiguous; `rows` is `gather_rows(blocks, ...)`,
+        made once by the caller for keys and values alike. The result is a view of this workspace's buffer, valid until the
+        next `gather` for the same role.
         """
         heads, num_blocks, block_size, dim = cache.shape
         batch, n = blocks.shape
-        head_offsets = torch.arange(heads, device=blocks.device).view(heads, 1, 1) * num_blocks
-        rows = (head_offsets + blocks.unsqueeze(0)).reshape(-1)
         row = block_size * dim
         size = rows.numel() * row
         buffer = self._buffers.get(role)
@@ -124,6 +136,12 @@ class GatherWorkspace:
         out = buffer[:size].view(rows.numel(), row)
         torch.index_select(cache.view(heads * num_blocks, row), 0, rows, out=out)
         return out.view(heads, batch, n * block_size, dim).transpose(0, 1)
+
+
+def gather_rows(blocks: torch.Tensor, heads: int, num_blocks: int) -> torch.Tensor:
+    """blocks [B, n] -> [H_kv * B * n] rows of the cache's [H_kv * num_blocks, block_size * d] view."""
+    head_offsets = torch.arange(heads, device=blocks.device).view(heads, 1, 1) * num_blocks
+    return (head_offsets + blocks.unsqueeze(0)).reshape(-1)
 
 
 class TorchAttention:
@@ -158,13 +176,18 @@ class TorchAttention:
         return out
 
     def _decode(self, bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
-        block_size = k_cache.shape[2]
-        num_blocks = (bucket.max_context + block_size - 1) // block_size
-        blocks = metadata.block_tables[bucket.rows, :num_blocks]
-        keys = self.workspace.gather("keys", k_cache, blocks)
-        values = self.workspace.gather("values", v_cache, blocks)
-        query_positions = (bucket.context_lens - 1).unsqueeze(-1)
-        mask = _allowed_keys(query_positions, keys.shape[2], sliding_window).unsqueeze(1)
+        heads, num_blocks = k_cache.shape[:2]
+        rows = bucket.derived(
+            ("rows", heads, num_blocks), lambda: gather_rows(bucket.blocks, heads, num_blocks)
+        )
+        keys = self.workspace.gather("keys", k_cache, bucket.blocks, rows)
+        values = self.workspace.gather("values", v_cache, bucket.blocks, rows)
+        mask = bucket.derived(
+            ("mask", sliding_window),
+            lambda: _allowed_keys(
+                (bucket.context_lens - 1).unsqueeze(-1), keys.shape[2], sliding_window
+            ).unsqueeze(1),
+        )
         query = q[bucket.token_index].unsqueeze(2)
         attended = F.scaled_dot_product_attention(
             query,
@@ -186,10 +209,11 @@ class TorchAttention:
                 v[start : start + length].transpose(0, 1),
             )
         else:
-            block_size = k_cache.shape[2]
+            heads, num_blocks, block_size = k_cache.shape[:3]
             blocks = metadata.block_tables[row : row + 1, : (context + block_size - 1) // block_size]
-            keys = self.workspace.gather("keys", k_cache, blocks)[0, :, :context]
-            values = self.workspace.gather("values", v_cache, blocks)[0, :, :context]
+            rows = gather_rows(blocks, heads, num_blocks)
+            keys = self.workspace.gather("keys", k_cache, blocks, rows)[0, :, :context]
+            values = self.workspace.gather("values", v_cache, blocks, rows)[0, :, :context]
         whole_prompt = context == length and (sliding_window is None or sliding_window >= context)
         mask = None
         if not whole_prompt:
