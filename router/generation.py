@@ -129,5 +129,7 @@ class Generator:
 
 
 async def _until_disconnected(http_request: Request) -> None:
-    while not await http_request.is_disconnected():
-        await asyncio.sleep(0.1)
+    """Returns when the client hangs up: the body is already read, so the next ASGI message is the
+    disconnect (waited for, not polled)."""
+    while (await http_request.receive())["type"] != "http.disconnect":
+        pass
