@@ -12,6 +12,13 @@ from loraplex.server.config import ConfigError, EngineConfig
 logger = logging.getLogger("loraplex")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -26,7 +33,7 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     model.add_argument(
-        "--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's)"
+        "--num-threads", type=_positive_int, default=None, help="CPU threads for torch (default: torch's)"
     )
 
     http = parser.add_argument_group("http")
@@ -156,7 +163,7 @@ def serve(args: argparse.Namespace) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     demo = use_demo_defaults(args)
-    if args.num_threads:
+    if args.num_threads is not None:
         import torch
 
         torch.set_num_threads(args.num_threads)

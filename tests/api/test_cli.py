@@ -161,3 +161,10 @@ def test_api_key_file(tmp_path, llama_dir):
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_num_threads_must_be_positive(threads):
+    result = run_cli("serve", f"--num-threads={threads}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--num-threads: must be a positive integer" in result.stderr
