@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 
 from loraplex.router.app import ServerSettings, create_app
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
+
+LORAPLEX = str(Path(sys.executable).with_name("loraplex"))
+
+
+def spawn_serve(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """`loraplex serve ARGS` as a user starts it, on a free port; returns once /health says ready."""
+    port = free_port()
+    process = subprocess.Popen(
+        [LORAPLEX, "serve", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start: {process.stdout.read()}")
+        time.sleep(0.2)
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ def test_results_block_covers_every_cpu_benchmark():
 
 def test_demo_rates_are_the_evaluated_ones():
     rates = json.loads((ROOT / "demo/assets/evaluation.json").read_text())["exact_match"]
-    assert f"base model (echo) {rates['base']:.0%}" in README
+    text = " ".join(README.split())  # independent of where the paragraph wraps
+    assert f"base model (echo) {rates['base']:.0%}" in text
     for adapter in ("upper", "reverse", "rot13"):
-        assert f"`{adapter}`\n{rates[adapter]:.1%}" in README or f"`{adapter}` {rates[adapter]:.1%}" in README
+        assert f"`{adapter}` {rates[adapter]:.1%}" in text

@@ -3,15 +3,11 @@
 import json
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import free_port
-
-LORAPLEX = str(Path(sys.executable).with_name("loraplex"))
+from server_harness import LORAPLEX, spawn_serve
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -95,35 +91,7 @@ def test_serve_starts_logs_a_summary_and_generates(llama_dir):
 
 
 def start_server(model_dir, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            LORAPLEX,
-            "serve",
-            "--model-id",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--max-batch-total-tokens",
-            "4096",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {process.stdout.read()}")
-        time.sleep(0.2)
+    return spawn_serve("--model-id", str(model_dir), "--max-batch-total-tokens", "4096", *extra)
 
 
 def test_sigterm_drains_running_streams_then_exits_zero(llama_dir):

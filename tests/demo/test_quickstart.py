@@ -9,16 +9,13 @@ import contextlib
 import io
 import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import free_port
+from server_harness import spawn_serve
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-LORAPLEX = str(Path(sys.executable).with_name("loraplex"))
 
 
 def block(marker: str) -> str:
@@ -46,23 +43,8 @@ def commands_with_expected_output(text: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def demo_server():
-    port = free_port()
-    process = subprocess.Popen(
-        [LORAPLEX, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"demo server did not start: {process.stdout.read()}")
-        time.sleep(0.2)
-    yield port, process
+    process, url = spawn_serve(timeout=120)
+    yield int(url.rsplit(":", 1)[1]), process
     process.terminate()
     process.communicate(timeout=30)
 
@@ -71,7 +53,7 @@ def with_port(text: str, port: int) -> str:
     return text.replace("localhost:8080", f"127.0.0.1:{port}")
 
 
-def test_startup_line_names_the_demo(demo_server):
+def test_no_model_id_serves_the_demo_with_its_adapters(demo_server):
     port, process = demo_server
     info = httpx.get(f"http://127.0.0.1:{port}/info").json()
     assert info["model_id"] == "loraplex-demo" and info["adapters"]["gpu"] == 3
