@@ -116,18 +116,20 @@ def add_lora_ref(
 def add_lora_prepared(
     y: torch.Tensor,
     x: torch.Tensor,
-    segments: Sequence[tuple[int, int, Sequence[tuple[torch.Tensor, torch.Tensor, float, int, int]]]],
+    segments: Sequence[tuple[int, int, int]],
+    slot_slices: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor, float, int, int]]],
 ) -> torch.Tensor:
     """The same math as ``add_lora_ref`` in float32 on CPU, for callers that keep each slot's slices
-    as ready views: for each (begin, end, slices) and each (a_t [in, r], b_t [r, w], scale, lo, hi),
+    as ready views: for each segment (begin, end, slot) and each (a_t [in, r], b_t [r, w], scale, lo,
+    hi) in slot_slices[slot],
 
         y[begin:end, lo:hi] += (x[begin:end] @ a_t) @ b_t * scale
 
     Indexing the stacked [slots, ...] buffers costs more than the small matmuls themselves on CPU, so
     the engine prepares these views once per adapter load instead of once per layer and step.
     """
-    for begin, end, slices in segments:
+    for begin, end, slot in segments:
         xs, ys = x[begin:end], y[begin:end]
-        for a_t, b_t, scale, lo, hi in slices:
+        for a_t, b_t, scale, lo, hi in slot_slices[slot]:
             ys[:, lo:hi].addmm_(xs @ a_t, b_t, alpha=scale)
     return y

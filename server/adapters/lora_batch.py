@@ -23,23 +23,23 @@ class LoraBatch:
         self.slots = slots
         active = [s for s in seg_slots if s >= 0]
         self.touched = frozenset().union(*(slots.targets[s] for s in active)) if active else frozenset()
-        self.seg_starts = torch.tensor(seg_starts, dtype=torch.int32).to(device, non_blocking=True)
-        self.seg_slots = torch.tensor(seg_slots, dtype=torch.int32).to(device, non_blocking=True)
-        self.host_segments = [
-            (seg_starts[i], seg_starts[i + 1], slot) for i, slot in enumerate(seg_slots) if slot >= 0
-        ]
-        self.use_prepared = device.type == "cpu"
+        self.prepared = slots.prepared
+        if self.prepared is not None:  # CPU float32: ready views, no device tensors needed
+            self.host_segments = [
+                (seg_starts[i], seg_starts[i + 1], slot) for i, slot in enumerate(seg_slots) if slot >= 0
+            ]
+        else:
+            self.seg_starts = torch.tensor(seg_starts, dtype=torch.int32).to(device, non_blocking=True)
+            self.seg_slots = torch.tensor(seg_slots, dtype=torch.int32).to(device, non_blocking=True)
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
         key = (layer, group)
         if key not in self.touched:
             return
-        slots = self.slots
-        if self.use_prepared and y.dtype == torch.float32:
-            prepared = slots.prepared[key]
-            segments = [(begin, end, prepared[slot]) for begin, end, slot in self.host_segments]
-            add_lora_prepared(y, x, segments)
+        if self.prepared is not None:
+            add_lora_prepared(y, x, self.host_segments, self.prepared[key])
             return
+        slots = self.slots
         add_lora(
             y,
             x,

@@ -63,11 +63,14 @@ class AdapterSlots:
                 self.scaling[key] = torch.zeros(n, num_slots, dtype=torch.float32, device=device)
         # Host mirror: which (layer, group) each slot touches, so a step skips groups no row needs.
         self.targets: list[frozenset[tuple[int, str]]] = [frozenset()] * num_slots
-        # On CPU, each slot's slices as ready views (A^T, B^T cut to their rank, scaling, columns): the
-        # CPU path then spends its time in matmuls rather than in indexing the stacked buffers.
-        self.prepared: dict[tuple[int, str], list[list[PreparedSlice]]] = {
-            key: [[] for _ in range(num_slots)] for key in self.a
-        }
+        # On CPU in float32, each slot's slices as ready views (A^T, B^T cut to their rank, scaling,
+        # columns): that path then spends its time in matmuls rather than in indexing the stacked
+        # buffers. None elsewhere: the kernels read the stacked buffers.
+        self.prepared: dict[tuple[int, str], list[list[PreparedSlice]]] | None = (
+            {key: [[] for _ in range(num_slots)] for key in self.a}
+            if device.type == "cpu" and dtype == torch.float32
+            else None
+        )
 
     def write(self, slot: int, weights: AdapterWeights, stream: torch.cuda.Stream | None = None) -> None:
         """Copy an adapter into `slot` (on `stream` when given); groups it doesn't touch get rank 0."""
@@ -76,6 +79,8 @@ class AdapterSlots:
             for key in self.a:
                 ranks = self.ranks[key]
                 entry = weights.groups.get(key)
+                if self.prepared is not None:
+                    self.prepared[key][slot] = []
                 if entry is None:
                     ranks[:, slot] = 0
                     continue
@@ -85,29 +90,31 @@ class AdapterSlots:
                 self.b[key][slot, :, :r].copy_(b, non_blocking=non_blocking)
                 ranks[:, slot] = torch.tensor(slice_ranks, dtype=torch.int32)
                 self.scaling[key][:, slot] = torch.tensor(scalings, dtype=torch.float32)
+                if self.prepared is not None:
+                    self.prepared[key][slot] = self._slices(key, slot, slice_ranks, scalings)
         self.targets[slot] = frozenset(weights.groups)
-        if self.device.type == "cpu":
-            self._prepare(slot, weights)
 
-    def _prepare(self, slot: int, weights: AdapterWeights) -> None:
-        for key, per_slot in self.prepared.items():
-            entry = weights.groups.get(key)
-            per_slot[slot] = []
-            if entry is None:
-                continue
-            _, _, slice_ranks, scalings = entry
-            offsets = self.slice_offsets[key[1]]
-            for s, rank in enumerate(slice_ranks):
-                lo, hi = offsets[s], offsets[s + 1]
-                if rank:
-                    a_t = self.a[key][slot, s, :rank].t()
-                    b_t = self.b[key][slot, lo:hi, :rank].t()
-                    per_slot[slot].append(PreparedSlice(a_t, b_t, scalings[s], lo, hi))
+    def _slices(
+        self, key: tuple[int, str], slot: int, slice_ranks: list[int], scalings: list[float]
+    ) -> list[PreparedSlice]:
+        """Views of `slot`'s freshly written weights for `key`, one per slice it touches."""
+        offsets = self.slice_offsets[key[1]]
+        return [
+            PreparedSlice(
+                self.a[key][slot, s, :rank].t(),
+                self.b[key][slot, offsets[s] : offsets[s + 1], :rank].t(),
+                scalings[s],
+                offsets[s],
+                offsets[s + 1],
+            )
+            for s, rank in enumerate(slice_ranks)
+            if rank
+        ]
 
     def clear(self, slot: int) -> None:
         for ranks in self.ranks.values():
             ranks[:, slot] = 0
-        for per_slot in self.prepared.values():
+        for per_slot in (self.prepared or {}).values():
             per_slot[slot] = []
         self.targets[slot] = frozenset()
 

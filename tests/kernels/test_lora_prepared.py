@@ -18,20 +18,16 @@ def test_prepared_views_match_the_reference():
     x = torch.randn(20, in_features)
     y = torch.randn(20, sum(widths))
     expected = add_lora_ref(y.clone(), x, a, b, ranks, scaling, seg_starts, seg_slots, offsets)
-    segments = []
+    slot_slices = [
+        [
+            (a[slot, s, :rank].t(), b[slot, lo:hi, :rank].t(), float(scaling[s, slot]), lo, hi)
+            for s in range(n)
+            if (rank := int(ranks[s, slot])) and (lo := offsets[s]) < (hi := offsets[s + 1])
+        ]
+        for slot in range(slots)
+    ]
     starts = seg_starts.tolist()
-    for i, slot in enumerate(seg_slots.tolist()):
-        if slot < 0:
-            continue
-        slices = []
-        for s in range(n):
-            rank = int(ranks[s, slot])
-            lo, hi = offsets[s], offsets[s + 1]
-            if rank:
-                slices.append(
-                    (a[slot, s, :rank].t(), b[slot, lo:hi, :rank].t(), float(scaling[s, slot]), lo, hi)
-                )
-        segments.append((starts[i], starts[i + 1], slices))
-    got = add_lora_prepared(y.clone(), x, segments)
+    segments = [(starts[i], starts[i + 1], slot) for i, slot in enumerate(seg_slots.tolist()) if slot >= 0]
+    got = add_lora_prepared(y.clone(), x, segments, slot_slices)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.equal(got, y)
