@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .context import get_forward_context
+from .onednn_linear import onednn_linear, to_onednn
 
 
 class RMSNorm(nn.Module):
@@ -30,7 +31,8 @@ class LoRALinear(nn.Module):
     A fused projection (q/k/v, gate/up) has several output slices; `out_slices` gives their widths, and
     adapters are stacked per slice so one kernel launch serves all of them. `lora_key` names this
     projection group ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") for the adapter weights.
-    With no adapter in the step (context.lora is None) this is exactly a linear layer.
+    With no adapter in the step (context.lora is None) this is exactly a linear layer. After
+    `move_weight_to_onednn` W lives only in oneDNN's blocked layout (`weight_onednn`; `weight` is None).
     """
 
     def __init__(
@@ -57,9 +59,18 @@ class LoRALinear(nn.Module):
             if bias
             else None
         )
+        self.weight_onednn: torch.Tensor | None = None
+
+    def move_weight_to_onednn(self) -> None:
+        """Reorder W once for oneDNN and drop the plain copy (see `onednn_linear`)."""
+        self.weight_onednn = to_onednn(self.weight)
+        self.weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        if self.weight_onednn is None:
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = onednn_linear(x, self.weight_onednn, self.bias)
         lora = get_forward_context().lora
         if lora is not None:
             lora.apply(y, x, self.layer_index, self.lora_key)

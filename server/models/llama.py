@@ -16,6 +16,7 @@ from torch import nn
 from .attention import AttentionBackend
 from .context import get_forward_context
 from .layers import LoRALinear, RMSNorm, silu_and_mul
+from .onednn_linear import onednn_linear, to_onednn
 from .rotary import RotaryEmbedding
 
 # Fused projection groups of this model and the checkpoint / PEFT module names they are made of.
@@ -209,6 +210,7 @@ class CausalLM(nn.Module):
                 self.shape.hidden_size, self.shape.vocab_size, bias=False, dtype=dtype, device=device
             )
             self.lm_head.weight.requires_grad_(False)
+        self.head_onednn: torch.Tensor | None = None
 
     def attach_kv_cache(self, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for layer, cache in zip(self.model.layers, caches, strict=True):
@@ -217,8 +219,22 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
+    def move_weights_to_onednn(self) -> None:
+        """Every projection and the LM head in oneDNN's blocked layout (see `onednn_linear`). A tied head
+        keeps the embedding table for lookups, so the head gets its own reordered copy."""
+        for module in self.modules():
+            if isinstance(module, LoRALinear):
+                module.move_weight_to_onednn()
+        if self.lm_head is None:
+            self.head_onednn = to_onednn(self.model.embed_tokens.weight)
+        else:
+            self.head_onednn = to_onednn(self.lm_head.weight)
+            self.lm_head.weight = None
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, D] -> logits [N, V] in float32."""
+        if self.head_onednn is not None:
+            return onednn_linear(hidden, self.head_onednn, None)
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return torch.nn.functional.linear(hidden, weight).float()
 

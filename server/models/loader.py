@@ -19,6 +19,7 @@ from safetensors import safe_open
 from .attention import AttentionBackend
 from .layers import LoRALinear
 from .llama import ARCHITECTURES, PACKED_MODULES, CausalLM
+from .onednn_linear import onednn_enabled
 from .rotary import compute_inv_freq
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ def build_model(
     with torch.no_grad():
         model = CausalLM(config, architecture, backend, dtype, device)
         load_weights(model, safetensors_files(path))
+        if onednn_enabled(dtype, device):
+            model.move_weights_to_onednn()
     model.eval()
     logger.info("loaded %s weights from %s", architecture, path)
     return model
