@@ -114,22 +114,29 @@ def add_lora_ref(
 
 
 def add_lora_prepared(
-    y: torch.Tensor,
-    x: torch.Tensor,
-    segments: Sequence[tuple[int, int, int]],
-    slot_slices: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor, float, int, int]]],
+    y: torch.Tensor, x: torch.Tensor, segments: Sequence[tuple[int, int, int]], groups: Sequence
 ) -> torch.Tensor:
-    """The same math as ``add_lora_ref`` in float32 on CPU, for callers that keep each slot's slices
-    as ready views: for each segment (begin, end, slot) and each (a_t [in, r], b_t [r, w], scale, lo,
-    hi) in slot_slices[slot],
+    """The same math as ``add_lora_ref`` in float32 on CPU, for callers that keep each slot's weights
+    laid out ahead of time (``loraplex.server.adapters.slots.PreparedGroup``, None for a slot that
+    doesn't touch this projection group). For each segment (begin, end, slot) with g = groups[slot]:
 
-        y[begin:end, lo:hi] += (x[begin:end] @ a_t) @ b_t * scale
+        h = x[begin:end] @ g.a_t                                  [n, sum of ranks], one matmul
+        y[begin:end, lo:hi] += h[:, h_lo:h_hi] @ b_t * scaling    for each (h_lo, h_hi, b_t, scaling, lo, hi)
 
-    Indexing the stacked [slots, ...] buffers costs more than the small matmuls themselves on CPU, so
-    the engine prepares these views once per adapter load instead of once per layer and step.
+    On CPU these matmuls are small enough that each call's fixed cost counts, so the shrink of every
+    slice is one matmul, and views are cut only where a segment or slice doesn't cover the whole.
     """
+    rows = x.shape[0]
     for begin, end, slot in segments:
-        xs, ys = x[begin:end], y[begin:end]
-        for a_t, b_t, scale, lo, hi in slot_slices[slot]:
-            ys[:, lo:hi].addmm_(xs @ a_t, b_t, alpha=scale)
+        group = groups[slot]
+        if group is None:
+            continue
+        whole = begin == 0 and end == rows
+        xs = x if whole else x[begin:end]
+        ys = y if whole else y[begin:end]
+        h = xs @ group.a_t
+        for h_lo, h_hi, b_t, scale, lo, hi in group.expands:
+            target = ys if lo == 0 and hi == group.out_features else ys[:, lo:hi]
+            source = h if h_lo == 0 and h_hi == group.rank_sum else h[:, h_lo:h_hi]
+            target.addmm_(source, b_t, alpha=scale)
     return y

@@ -63,11 +63,11 @@ class AdapterSlots:
                 self.scaling[key] = torch.zeros(n, num_slots, dtype=torch.float32, device=device)
         # Host mirror: which (layer, group) each slot touches, so a step skips groups no row needs.
         self.targets: list[frozenset[tuple[int, str]]] = [frozenset()] * num_slots
-        # On CPU in float32, each slot's slices as ready views (A^T, B^T cut to their rank, scaling,
-        # columns): that path then spends its time in matmuls rather than in indexing the stacked
-        # buffers. None elsewhere: the kernels read the stacked buffers.
-        self.prepared: dict[tuple[int, str], list[list[PreparedSlice]]] | None = (
-            {key: [[] for _ in range(num_slots)] for key in self.a}
+        # On CPU in float32, each slot's weights per group laid out for `add_lora_prepared` (None where
+        # the slot doesn't touch the group): that path then spends its time in matmuls rather than in
+        # indexing the stacked buffers. None elsewhere: the kernels read the stacked buffers.
+        self.prepared: dict[tuple[int, str], list[PreparedGroup | None]] | None = (
+            {key: [None] * num_slots for key in self.a}
             if device.type == "cpu" and dtype == torch.float32
             else None
         )
@@ -80,7 +80,7 @@ class AdapterSlots:
                 ranks = self.ranks[key]
                 entry = weights.groups.get(key)
                 if self.prepared is not None:
-                    self.prepared[key][slot] = []
+                    self.prepared[key][slot] = None
                 if entry is None:
                     ranks[:, slot] = 0
                     continue
@@ -91,42 +91,54 @@ class AdapterSlots:
                 ranks[:, slot] = torch.tensor(slice_ranks, dtype=torch.int32)
                 self.scaling[key][:, slot] = torch.tensor(scalings, dtype=torch.float32)
                 if self.prepared is not None:
-                    self.prepared[key][slot] = self._slices(key, slot, slice_ranks, scalings)
+                    self.prepared[key][slot] = self._prepare(key, slot, slice_ranks, scalings)
         self.targets[slot] = frozenset(weights.groups)
 
-    def _slices(
+    def _prepare(
         self, key: tuple[int, str], slot: int, slice_ranks: list[int], scalings: list[float]
-    ) -> list[PreparedSlice]:
-        """Views of `slot`'s freshly written weights for `key`, one per slice it touches."""
+    ) -> PreparedGroup:
+        """`slot`'s freshly written weights for `key` laid out for `add_lora_prepared`: the A^T of every
+        slice it touches side by side in one contiguous [in, sum of ranks] matrix (one shrink matmul
+        per segment), and a view of each slice's B^T for its expand."""
         offsets = self.slice_offsets[key[1]]
-        return [
-            PreparedSlice(
-                self.a[key][slot, s, :rank].t(),
-                self.b[key][slot, offsets[s] : offsets[s + 1], :rank].t(),
-                scalings[s],
-                offsets[s],
-                offsets[s + 1],
-            )
-            for s, rank in enumerate(slice_ranks)
-            if rank
-        ]
+        a = self.a[key][slot]
+        touched = [s for s, rank in enumerate(slice_ranks) if rank]
+        a_t = torch.cat([a[s, : slice_ranks[s]] for s in touched]).t().contiguous()
+        expands, h_lo = [], 0
+        for s in touched:
+            rank = slice_ranks[s]
+            b_t = self.b[key][slot, offsets[s] : offsets[s + 1], :rank].t()
+            expands.append(PreparedExpand(h_lo, h_lo + rank, b_t, scalings[s], offsets[s], offsets[s + 1]))
+            h_lo += rank
+        return PreparedGroup(a_t, tuple(expands), h_lo, offsets[-1])
 
     def clear(self, slot: int) -> None:
         for ranks in self.ranks.values():
             ranks[:, slot] = 0
         for per_slot in (self.prepared or {}).values():
-            per_slot[slot] = []
+            per_slot[slot] = None
         self.targets[slot] = frozenset()
 
 
-class PreparedSlice(NamedTuple):
-    """One slice of one slot: y[:, lo:hi] += (x @ a_t) @ b_t * scaling; a_t [in, r], b_t [r, hi - lo]."""
+class PreparedExpand(NamedTuple):
+    """One slice's expand: y[:, lo:hi] += h[:, h_lo:h_hi] @ b_t * scaling, b_t [h_hi - h_lo, hi - lo]."""
 
-    a_t: torch.Tensor
+    h_lo: int
+    h_hi: int
     b_t: torch.Tensor
     scaling: float
     lo: int
     hi: int
+
+
+class PreparedGroup(NamedTuple):
+    """One slot's weights for one projection group: h = x @ a_t (a_t [in, rank_sum]), then `expands`.
+    `out_features` is the group's width (an expand covering [0, out_features) writes y whole)."""
+
+    a_t: torch.Tensor
+    expands: tuple[PreparedExpand, ...]
+    rank_sum: int
+    out_features: int
 
 
 class _nullcontext:
