@@ -140,3 +140,38 @@ def add_lora_prepared(
             source = h if h_lo == 0 and h_hi == group.rank_sum else h[:, h_lo:h_hi]
             target.addmm_(source, b_t, alpha=scale)
     return y
+
+
+def add_lora_stacked(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    n: int,
+    mask: torch.Tensor | None,
+    a: torch.Tensor,
+    b: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """Many short segments at once, with their adapters' weights stacked one position each.
+
+    rows [n * L] int64: the row of x/y at each (position, cell); mask [n, L, 1] zeroes the cells
+    that only repeat a row (None: none do). a [P >= n, in, S * R]: per position, slice s's A^T in
+    columns [s R, (s + 1) R); b[s] [P, R, w_s]: slice s's B^T, scaling folded in. Then
+
+        h = x[rows] @ a[:n]                                   [n, L, S R]   (bmm, masked)
+        d = concat_s(h[..., s R:(s + 1) R] @ b[s][:n])        [n, L, sum w_s]
+        y[rows[i]] += d[i]                                    scatter-add over the n L cells
+
+    Zero-padded ranks contribute nothing; float32 on CPU.
+    """
+    width = rows.numel() // n
+    h = torch.bmm(x.index_select(0, rows).view(n, width, -1), a[:n])
+    if mask is not None:
+        h.mul_(mask)
+    rank = b[0].shape[1]
+    if len(b) == 1:
+        delta = torch.bmm(h, b[0][:n])
+    else:
+        delta = torch.cat(
+            [torch.bmm(h[:, :, s * rank : (s + 1) * rank], b_s[:n]) for s, b_s in enumerate(b)], 2
+        )
+    return y.index_add_(0, rows, delta.view(n * width, -1))

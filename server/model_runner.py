@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters.lora_batch import LoraBatch
+from .adapters.lora_stack import LoraStack
 from .adapters.slots import AdapterSlots
 from .batch import ScheduledBatch, StepOutput
 from .models.attention import AttentionMetadata, DecodeBucket, bucket_by_length
@@ -36,6 +37,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.slots = slots
+        self.lora_stack = LoraStack(slots) if slots.prepared is not None else None
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         host = torch.tensor(values, dtype=torch.int64)
@@ -110,7 +112,7 @@ class ModelRunner:
         """The adapter segments of this step for the LoRA layers; None when no row uses an adapter."""
         if all(slot < 0 for slot in inputs.seg_slots):
             return None
-        return LoraBatch(self.slots, inputs.seg_starts, inputs.seg_slots, self.device)
+        return LoraBatch(self.slots, inputs.seg_starts, inputs.seg_slots, self.device, self.lora_stack)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:

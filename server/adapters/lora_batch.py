@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from loraplex.kernels import add_lora
-from loraplex.kernels.lora_reference import add_lora_prepared
+from loraplex.kernels.lora_reference import add_lora_prepared, add_lora_stacked
 
+from .lora_stack import SHORT_SEGMENT_ROWS, LoraStack
 from .slots import AdapterSlots
 
 
@@ -14,20 +15,32 @@ class LoraBatch:
     """Rows [seg_starts[s], seg_starts[s+1]) use slot seg_slots[s] (-1: base model only).
 
     `apply` adds y += LoRA(x) for one projection group of one layer, skipping the call entirely when
-    no adapter in this step touches that group.
+    no adapter in this step touches that group. On CPU in float32 (`slots.prepared`), segments of up
+    to SHORT_SEGMENT_ROWS rows go through `stack` together when there are several, the others one by one.
     """
 
     def __init__(
-        self, slots: AdapterSlots, seg_starts: list[int], seg_slots: list[int], device: torch.device
+        self,
+        slots: AdapterSlots,
+        seg_starts: list[int],
+        seg_slots: list[int],
+        device: torch.device,
+        stack: LoraStack | None = None,
     ):
         self.slots = slots
         active = [s for s in seg_slots if s >= 0]
         self.touched = frozenset().union(*(slots.targets[s] for s in active)) if active else frozenset()
         self.prepared = slots.prepared
+        self.stack, self.plan = stack, None
         if self.prepared is not None:  # CPU float32: ready views, no device tensors needed
-            self.host_segments = [
+            segments = [
                 (seg_starts[i], seg_starts[i + 1], slot) for i, slot in enumerate(seg_slots) if slot >= 0
             ]
+            short = [seg for seg in segments if seg[1] - seg[0] <= SHORT_SEGMENT_ROWS]
+            if stack is not None and len(short) > 1:
+                self.plan = stack.plan(short)
+                segments = [seg for seg in segments if seg[1] - seg[0] > SHORT_SEGMENT_ROWS]
+            self.host_segments = segments
         else:
             self.seg_starts = torch.tensor(seg_starts, dtype=torch.int32).to(device, non_blocking=True)
             self.seg_slots = torch.tensor(seg_slots, dtype=torch.int32).to(device, non_blocking=True)
@@ -37,7 +50,11 @@ class LoraBatch:
         if key not in self.touched:
             return
         if self.prepared is not None:
-            add_lora_prepared(y, x, self.host_segments, self.prepared[key])
+            if self.host_segments:
+                add_lora_prepared(y, x, self.host_segments, self.prepared[key])
+            if self.plan is not None:
+                plan = self.plan
+                add_lora_stacked(y, x, plan.rows, plan.n, plan.mask, self.stack.a[key], self.stack.b[key])
             return
         slots = self.slots
         add_lora(

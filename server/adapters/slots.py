@@ -63,6 +63,10 @@ class AdapterSlots:
                 self.scaling[key] = torch.zeros(n, num_slots, dtype=torch.float32, device=device)
         # Host mirror: which (layer, group) each slot touches, so a step skips groups no row needs.
         self.targets: list[frozenset[tuple[int, str]]] = [frozenset()] * num_slots
+        # Per slot: bumped on every write and clear (copies of a slot's weights check it), and the
+        # largest rank of its adapter (0 when empty).
+        self.versions = [0] * num_slots
+        self.slot_ranks = [0] * num_slots
         # On CPU in float32, each slot's weights per group laid out for `add_lora_prepared` (None where
         # the slot doesn't touch the group): that path then spends its time in matmuls rather than in
         # indexing the stacked buffers. None elsewhere: the kernels read the stacked buffers.
@@ -93,6 +97,8 @@ class AdapterSlots:
                 if self.prepared is not None:
                     self.prepared[key][slot] = self._prepare(key, slot, slice_ranks, scalings)
         self.targets[slot] = frozenset(weights.groups)
+        self.versions[slot] += 1
+        self.slot_ranks[slot] = max((a.shape[1] for a, _, _, _ in weights.groups.values()), default=0)
 
     def _prepare(
         self, key: tuple[int, str], slot: int, slice_ranks: list[int], scalings: list[float]
@@ -118,6 +124,8 @@ class AdapterSlots:
         for per_slot in (self.prepared or {}).values():
             per_slot[slot] = None
         self.targets[slot] = frozenset()
+        self.versions[slot] += 1
+        self.slot_ranks[slot] = 0
 
 
 class PreparedExpand(NamedTuple):

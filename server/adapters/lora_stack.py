@@ -1,0 +1,134 @@
+"""Batched LoRA for many short segments on CPU: the step's adapters stacked so one bmm serves them all.
+
+With many adapters in a decode step, most segments are one to three rows, and two small matmuls per
+segment and projection cost far more in per-call overhead than in arithmetic. `LoraStack` keeps the
+weights of the adapters that recent steps used side by side, one position per adapter,
+
+    a[(layer, group)]     [P, in, n_slices * R]   position p's A^T of slice s in columns [s R, s R + r_s)
+    b[(layer, group)][s]  [P, R, w_s]             position p's B^T of slice s times its scaling
+
+(R: the largest rank placed so far; rows and columns past an adapter's rank are zero), so that a step
+computes every short segment of a projection group with one gather, two bmm and one scatter-add
+(`add_lora_stacked`). An adapter is copied in when a step first needs it and stays until its position
+is needed for another; in a steady decode batch the stack is reused step after step.
+
+Positions are handed out lowest first, so a step's bmm spans about as many positions as it has
+adapters. The stack holds at most `slots.num_slots` positions, as much host memory again as the slots
+(CPU float32 only, where slots are host memory too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .slots import AdapterSlots
+
+# Segments of at most this many rows go through the stack; longer ones (prefill chunks) are matmuls
+# big enough to run one by one.
+SHORT_SEGMENT_ROWS = 16
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """One step's short segments laid out on the stack's positions [0, n).
+
+    rows [n * L] int64: the step row that fills each (position, row-in-segment) cell; cells without a
+    row repeat a valid row and are zeroed by `mask` [n, L, 1] (None when every cell is real).
+    """
+
+    n: int
+    rows_per_position: int
+    rows: torch.Tensor
+    mask: torch.Tensor | None
+
+
+class LoraStack:
+    def __init__(self, slots: AdapterSlots):
+        self.slots = slots
+        self.rank = 0
+        self.capacity = 0
+        self.a: dict[tuple[int, str], torch.Tensor] = {}
+        self.b: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self._holder: list[int | None] = []  # slot held at each position
+        self._version: list[int] = []  # the slot's write version when it was copied
+        self._position: dict[int, int] = {}
+
+    def plan(self, segments: list[tuple[int, int, int]]) -> StackPlan:
+        """Place the adapters of `segments` (begin, end, slot), copying in those not already placed."""
+        wanted = {slot for _, _, slot in segments}
+        rank = max(self.slots.slot_ranks[slot] for slot in wanted)
+        if rank > self.rank:  # before placing any: growing the rank empties the stack
+            self._allocate(self.capacity, rank)
+        positions = [self._place(slot, wanted) for _, _, slot in segments]
+        n = max(positions) + 1
+        width = max(end - begin for begin, end, _ in segments)
+        rows = [segments[0][0]] * (n * width)
+        for (begin, end, _), position in zip(segments, positions, strict=True):
+            rows[position * width : position * width + end - begin] = range(begin, end)
+        mask = None
+        if sum(end - begin for begin, end, _ in segments) < n * width:
+            mask = torch.zeros(n, width, 1)
+            for (begin, end, _), position in zip(segments, positions, strict=True):
+                mask[position, : end - begin] = 1.0
+        return StackPlan(n, width, torch.tensor(rows, dtype=torch.int64), mask)
+
+    def _place(self, slot: int, wanted: set[int]) -> int:
+        version = self.slots.versions[slot]
+        position = self._position.get(slot)
+        if position is not None and self._version[position] == version:
+            return position
+        if position is None:
+            position = next(
+                (p for p, holder in enumerate(self._holder) if holder is None or holder not in wanted), None
+            )
+            if position is None:
+                position = self.capacity
+                self._allocate(min(self.slots.num_slots, max(4, 2 * self.capacity)), self.rank)
+            previous = self._holder[position]
+            if previous is not None:
+                del self._position[previous]
+        self._copy_in(slot, position)
+        self._holder[position] = slot
+        self._version[position] = version
+        self._position[slot] = position
+        return position
+
+    def _allocate(self, capacity: int, rank: int) -> None:
+        """(Re)size every stack tensor; the contents survive growth in capacity, not in rank."""
+        keep = rank == self.rank
+        for key, a in self.slots.a.items():
+            slices, _, in_features = a.shape[1:]
+            offsets = self.slots.slice_offsets[key[1]]
+            widths = [offsets[s + 1] - offsets[s] for s in range(slices)]
+            new_a = torch.zeros(capacity, in_features, slices * rank)
+            new_b = [torch.zeros(capacity, rank, w) for w in widths]
+            if keep and self.capacity:
+                new_a[: self.capacity] = self.a[key]
+                for new, old in zip(new_b, self.b[key], strict=True):
+                    new[: self.capacity] = old
+            self.a[key], self.b[key] = new_a, new_b
+        if keep:
+            self._holder += [None] * (capacity - self.capacity)
+            self._version += [-1] * (capacity - self.capacity)
+        else:
+            self._holder, self._version, self._position = [None] * capacity, [-1] * capacity, {}
+        self.capacity, self.rank = capacity, rank
+
+    def _copy_in(self, slot: int, position: int) -> None:
+        rank = self.rank
+        for key, per_slot in self.slots.prepared.items():
+            a, bs = self.a[key][position], self.b[key]
+            a.zero_()
+            for b in bs:
+                b[position].zero_()
+            group = per_slot[slot]
+            if group is None:
+                continue
+            offsets = self.slots.slice_offsets[key[1]]
+            for h_lo, h_hi, b_t, scaling, lo, _ in group.expands:
+                s = offsets.index(lo)
+                r = h_hi - h_lo
+                a[:, s * rank : s * rank + r] = group.a_t[:, h_lo:h_hi]
+                torch.mul(b_t, scaling, out=bs[s][position, :r])
