@@ -39,7 +39,6 @@ class StackPlan:
     """
 
     n: int
-    rows_per_position: int
     rows: torch.Tensor
     mask: torch.Tensor | None
 
@@ -72,7 +71,7 @@ class LoraStack:
             mask = torch.zeros(n, width, 1)
             for (begin, end, _), position in zip(segments, positions, strict=True):
                 mask[position, : end - begin] = 1.0
-        return StackPlan(n, width, torch.tensor(rows, dtype=torch.int64), mask)
+        return StackPlan(n, torch.tensor(rows, dtype=torch.int64), mask)
 
     def _place(self, slot: int, wanted: set[int]) -> int:
         version = self.slots.versions[slot]
