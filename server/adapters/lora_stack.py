@@ -7,7 +7,8 @@ weights of the adapters that recent steps used side by side, one position per ad
     a[(layer, group)]     [P, in, n_slices * R]   position p's A^T of slice s in columns [s R, s R + r_s)
     b[(layer, group)][s]  [P, R, w_s]             position p's B^T of slice s times its scaling
 
-(R: the largest rank placed so far; rows and columns past an adapter's rank are zero), so that a step
+(R: the largest rank among the adapters of recent steps; rows and columns past an adapter's rank are
+zero, so a step that mixes ranks pays the largest for each of its adapters), so that a step
 computes every short segment of a projection group with one gather, two bmm and one scatter-add
 (`add_lora_stacked`). An adapter is copied in when a step first needs it and stays until its position
 is needed for another; in a steady decode batch the stack is reused step after step.
@@ -28,6 +29,9 @@ from .slots import AdapterSlots
 # Segments of at most this many rows go through the stack; longer ones (prefill chunks) are matmuls
 # big enough to run one by one.
 SHORT_SEGMENT_ROWS = 16
+# Steps in a row whose adapters need at most half the stack's rank before it is rebuilt at their rank
+# (zero padding costs bytes and arithmetic on every step; rebuilding costs one copy of each adapter).
+SHRINK_AFTER_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,18 @@ class LoraStack:
         self._holder: list[int | None] = []  # slot held at each position
         self._version: list[int] = []  # the slot's write version when it was copied
         self._position: dict[int, int] = {}
+        self._small_steps = 0
 
     def plan(self, segments: list[tuple[int, int, int]]) -> StackPlan:
         """Place the adapters of `segments` (begin, end, slot), copying in those not already placed."""
         wanted = {slot for _, _, slot in segments}
         rank = max(self.slots.slot_ranks[slot] for slot in wanted)
-        if rank > self.rank:  # before placing any: growing the rank empties the stack
+        # A resize empties the stack, so it happens before placing any adapter: at once for a larger
+        # rank, and only after SHRINK_AFTER_STEPS steps in a row that need half the rank or less.
+        self._small_steps = self._small_steps + 1 if 2 * rank <= self.rank else 0
+        if rank > self.rank or self._small_steps >= SHRINK_AFTER_STEPS:
             self._allocate(self.capacity, rank)
+            self._small_steps = 0
         positions = [self._place(slot, wanted) for _, _, slot in segments]
         n = max(positions) + 1
         width = max(end - begin for begin, end, _ in segments)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from loraplex.kernels.lora_reference import add_lora_ref
-from loraplex.server.adapters import lora_batch
+from loraplex.server.adapters import lora_batch, lora_stack
 from loraplex.server.adapters.lora_batch import LoraBatch
 from loraplex.server.adapters.lora_stack import LoraStack
 from loraplex.server.adapters.peft_format import AdapterWeights
@@ -107,3 +107,19 @@ def test_a_single_short_segment_stays_on_the_plain_path():
     slots.write(1, random_adapter(1, rank=8))
     batch = check_step(slots, LoraStack(slots), [0, 4, 6], [-1, 1])
     assert batch.plan is None and batch.host_segments == [(4, 6, 1)]
+
+
+def test_stack_shrinks_back_after_steps_that_need_a_smaller_rank():
+    slots = AdapterSlots(4, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
+    slots.write(0, random_adapter(0, rank=32))
+    slots.write(1, random_adapter(1, rank=4))
+    slots.write(2, random_adapter(2, rank=8))
+    stack = LoraStack(slots)
+    check_step(slots, stack, [0, 1, 2], [0, 1])
+    assert stack.rank == 32
+    for step in range(lora_stack.SHRINK_AFTER_STEPS):
+        assert stack.rank == 32
+        check_step(slots, stack, [0, 1, 2], [1, 2], seed=step)
+    assert stack.rank == 8
+    check_step(slots, stack, [0, 2, 3], [0, 2], seed=9)  # the large one again: grows at once
+    assert stack.rank == 32
