@@ -92,7 +92,7 @@ def adapters_section(report: dict[str, Any]) -> list[str]:
         "",
         f"While {stalls['cold_adapters']} cold rank-64 adapters loaded in the background, "
         f"{stalls['resident_requests']} requests for resident adapters ran {stalls['steps_while_loading']} "
-        f"steps: {stalls['stalled_steps']} stalled (goal 0: {_goal(stalls['stalled_steps'] == 0)}); median "
+        f"step{'' if stalls['steps_while_loading'] == 1 else 's'}: {stalls['stalled_steps']} stalled (goal 0: {_goal(stalls['stalled_steps'] == 0)}); median "
         f"step {stalls['step_ms_p50_while_loading']:.0f} ms while loading, "
         f"{stalls['step_ms_p50_otherwise']:.0f} ms otherwise (a step while loading also copies the adapters "
         "that just finished into their slots and prefills their requests, and shares the cores with the "
