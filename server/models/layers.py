@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .context import get_forward_context
-from .onednn_linear import onednn_linear, to_onednn
+from .onednn_linear import linear, to_onednn
 
 
 class RMSNorm(nn.Module):
@@ -67,10 +67,7 @@ class LoRALinear(nn.Module):
         self.weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_onednn is None:
-            y = F.linear(x, self.weight, self.bias)
-        else:
-            y = onednn_linear(x, self.weight_onednn, self.bias)
+        y = linear(x, self.weight, self.weight_onednn, self.bias)
         lora = get_forward_context().lora
         if lora is not None:
             lora.apply(y, x, self.layer_index, self.lora_key)

@@ -16,7 +16,7 @@ from torch import nn
 from .attention import AttentionBackend
 from .context import get_forward_context
 from .layers import LoRALinear, RMSNorm, silu_and_mul
-from .onednn_linear import onednn_linear, to_onednn
+from .onednn_linear import linear, to_onednn
 from .rotary import RotaryEmbedding
 
 # Fused projection groups of this model and the checkpoint / PEFT module names they are made of.
@@ -233,10 +233,8 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, D] -> logits [N, V] in float32."""
-        if self.head_onednn is not None:
-            return onednn_linear(hidden, self.head_onednn, None)
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return linear(hidden, weight, self.head_onednn, None).float()
 
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")

@@ -64,3 +64,15 @@ def to_onednn(weight: torch.Tensor) -> torch.Tensor:
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [T, in] -> x @ W^T + b [T, out], W from `to_onednn`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    weight_onednn: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """x @ W^T + b with whichever copy of W a layer keeps: the oneDNN one when set, else the plain one."""
+    if weight_onednn is not None:
+        return onednn_linear(x, weight_onednn, bias)
+    return F.linear(x, weight, bias)
