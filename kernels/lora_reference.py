@@ -121,7 +121,7 @@ def add_lora_prepared(
     doesn't touch this projection group). For each segment (begin, end, slot) with g = groups[slot]:
 
         h = x[begin:end] @ g.a_t                                  [n, sum of ranks], one matmul
-        y[begin:end, lo:hi] += h[:, h_lo:h_hi] @ b_t * scaling    for each (h_lo, h_hi, b_t, scaling, lo, hi)
+        y[begin:end, lo:hi] += h[:, h_lo:h_hi] @ b_t * scaling    for each (h_lo, h_hi, b_t, scaling, lo, hi, _)
 
     On CPU these matmuls are small enough that each call's fixed cost counts, so the shrink of every
     slice is one matmul, and views are cut only where a segment or slice doesn't cover the whole.
@@ -135,7 +135,7 @@ def add_lora_prepared(
         xs = x if whole else x[begin:end]
         ys = y if whole else y[begin:end]
         h = xs @ group.a_t
-        for h_lo, h_hi, b_t, scale, lo, hi in group.expands:
+        for h_lo, h_hi, b_t, scale, lo, hi, _ in group.expands:
             target = ys if lo == 0 and hi == group.out_features else ys[:, lo:hi]
             source = h if h_lo == 0 and h_hi == group.rank_sum else h[:, h_lo:h_hi]
             target.addmm_(source, b_t, alpha=scale)

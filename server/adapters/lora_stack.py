@@ -65,7 +65,7 @@ class LoraStack:
         rank = max(self.slots.slot_ranks[slot] for slot in wanted)
         # A resize empties the stack, so it happens before placing any adapter: at once for a larger
         # rank, and only after SHRINK_AFTER_STEPS steps in a row that need half the rank or less.
-        self._small_steps = self._small_steps + 1 if 2 * rank <= self.rank else 0
+        self._small_steps = self._small_steps + 1 if rank < self.rank and 2 * rank <= self.rank else 0
         if rank > self.rank or self._small_steps >= SHRINK_AFTER_STEPS:
             self._allocate(self.capacity, rank)
             self._small_steps = 0
@@ -134,9 +134,7 @@ class LoraStack:
             group = per_slot[slot]
             if group is None:
                 continue
-            offsets = self.slots.slice_offsets[key[1]]
-            for h_lo, h_hi, b_t, scaling, lo, _ in group.expands:
-                s = offsets.index(lo)
+            for h_lo, h_hi, b_t, scaling, _, _, s in group.expands:
                 r = h_hi - h_lo
                 a[:, s * rank : s * rank + r] = group.a_t[:, h_lo:h_hi]
                 torch.mul(b_t, scaling, out=bs[s][position, :r])

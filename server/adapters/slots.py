@@ -114,7 +114,7 @@ class AdapterSlots:
         for s in touched:
             rank = slice_ranks[s]
             b_t = self.b[key][slot, offsets[s] : offsets[s + 1], :rank].t()
-            expands.append(PreparedExpand(h_lo, h_lo + rank, b_t, scalings[s], offsets[s], offsets[s + 1]))
+            expands.append(PreparedExpand(h_lo, h_lo + rank, b_t, scalings[s], offsets[s], offsets[s + 1], s))
             h_lo += rank
         return PreparedGroup(a_t, tuple(expands), h_lo, offsets[-1])
 
@@ -129,7 +129,7 @@ class AdapterSlots:
 
 
 class PreparedExpand(NamedTuple):
-    """One slice's expand: y[:, lo:hi] += h[:, h_lo:h_hi] @ b_t * scaling, b_t [h_hi - h_lo, hi - lo]."""
+    """Slice `index`'s expand: y[:, lo:hi] += h[:, h_lo:h_hi] @ b_t * scaling, b_t [h_hi - h_lo, hi - lo]."""
 
     h_lo: int
     h_hi: int
@@ -137,6 +137,7 @@ class PreparedExpand(NamedTuple):
     scaling: float
     lo: int
     hi: int
+    index: int
 
 
 class PreparedGroup(NamedTuple):
