@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -402,7 +403,7 @@ def provenance(device: torch.device) -> dict:
         triton_version = None
     info = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git("rev-parse", "HEAD"),
+        "git_commit": os.environ.get("LORAPLEX_BENCH_COMMIT") or git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "machine": {"host": platform.node(), "arch": platform.machine(), "python": platform.python_version()},
         "torch": torch.__version__,

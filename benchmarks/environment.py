@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
+    """HEAD's short hash (+dirty); LORAPLEX_BENCH_COMMIT when set, for a copy of the tree without .git."""
+    if os.environ.get("LORAPLEX_BENCH_COMMIT"):
+        return os.environ["LORAPLEX_BENCH_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True

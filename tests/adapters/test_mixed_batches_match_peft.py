@@ -22,7 +22,12 @@ PROMPTS = [
 
 
 def make_engine(base_dir, adapter_root, **overrides) -> Engine:
-    settings = dict(model_id=str(base_dir), max_batch_total_tokens=4096, adapter_dirs=(str(adapter_root),))
+    settings = dict(
+        model_id=str(base_dir),
+        max_batch_total_tokens=4096,
+        adapter_dirs=(str(adapter_root),),
+        dtype="float32",
+    )
     settings.update(overrides)
     return Engine(EngineConfig(**settings))
 

@@ -18,7 +18,11 @@ def llama_reference(llama_dir):
 @pytest.fixture(scope="module")
 def server(llama_dir):
     config = EngineConfig(
-        model_id=str(llama_dir), max_batch_total_tokens=8192, max_input_length=64, max_total_tokens=256
+        model_id=str(llama_dir),
+        max_batch_total_tokens=8192,
+        max_input_length=64,
+        max_total_tokens=256,
+        dtype="float32",
     )
     with serve(config, max_concurrent_requests=64) as running:
         yield running

@@ -8,7 +8,7 @@ from loraplex.server.engine import Engine
 
 
 def capture_logits(engine: Engine) -> dict[str, dict[int, torch.Tensor]]:
-    """Record, for every request, the logits the engine sampled its k-th output token from."""
+    """Record, for every request, the logits the engine sampled its k-th output token from (on CPU)."""
     records: dict[str, dict[int, torch.Tensor]] = {}
     execute = engine.runner.execute
 
@@ -16,7 +16,7 @@ def capture_logits(engine: Engine) -> dict[str, dict[int, torch.Tensor]]:
         logits = execute(batch)
         for row, row_logits in zip(batch.sampling_rows, logits, strict=True):
             request = row.request
-            records.setdefault(request.request_id, {})[request.num_output_tokens] = row_logits.clone()
+            records.setdefault(request.request_id, {})[request.num_output_tokens] = row_logits.float().cpu()
         return logits
 
     engine.runner.execute = recording_execute

@@ -19,7 +19,7 @@ PROMPTS = [
 
 
 def make_engine(model_dir, **overrides) -> Engine:
-    settings = dict(model_id=str(model_dir), max_batch_total_tokens=4096)
+    settings = dict(model_id=str(model_dir), max_batch_total_tokens=4096, dtype="float32")
     settings.update(overrides)
     return Engine(EngineConfig(**settings))
 
