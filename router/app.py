@@ -128,6 +128,7 @@ def _info(client: EngineClient) -> dict:
         vocab_size=info.vocab_size,
         max_active_adapters=info.adapter_slots,
         max_lora_rank=info.max_lora_rank,
+        cuda_graphs=info.cuda_graphs,
         adapters=engine.adapters.tier_counts(),
     )
     return body

@@ -76,6 +76,12 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
     limits.add_argument("--kv-cache-memory-gib", type=float, default=1.0, help="KV cache budget on CPU")
     limits.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    limits.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="run decode steps eagerly on CUDA (default: captured CUDA graphs)",
+    )
 
     adapters = parser.add_argument_group("adapters")
     adapters.add_argument(
@@ -136,6 +142,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         adapter_cpu_cache=args.adapter_cpu_cache,
         adapter_memory_gib=args.adapter_memory_gib,
         preload_adapters=tuple(args.preload_adapter),
+        cuda_graphs=args.cuda_graphs,
     )
 
 

@@ -22,6 +22,7 @@ class EngineConfig:
     `adapter_memory_gib` caps them), `adapter_cpu_cache` adapters kept loaded in host memory.
     Per step: prefill chunks add up to at most `max_batch_prefill_tokens`; at most `max_batch_size`
     requests run at once. Per request limits left as None are derived from the model (see `limits`).
+    On CUDA, `cuda_graphs` captures decode-only steps at start-up and replays them (see `cuda_graphs`).
     """
 
     model_id: str
@@ -44,6 +45,7 @@ class EngineConfig:
     adapter_cpu_cache: int = 128
     adapter_memory_gib: float | None = None
     preload_adapters: tuple[str, ...] = field(default_factory=tuple)
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

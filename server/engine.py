@@ -12,6 +12,7 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from .adapters.slots import AdapterSlots, slot_bytes
 from .adapters.sources import AdapterLocation, AdapterSources
 from .batch import ScheduledBatch
 from .config import ConfigError, EngineConfig, Limits, resolve_limits
+from .cuda_graphs import DecodeGraphs, supports_paged_decode
 from .kv_cache import BlockAllocator, KVCache
 from .model_runner import ModelRunner
 from .models.attention import TorchAttention
@@ -55,6 +57,7 @@ class EngineInfo:
     vocab_size: int
     adapter_slots: int
     max_lora_rank: int
+    cuda_graphs: bool = False
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -67,7 +70,8 @@ class EngineInfo:
             f"kv_memory={self.kv_cache_bytes / 2**20:.1f}MiB block_size={self.block_size} "
             f"max_input_length={self.limits.max_input_length} max_total_tokens={self.limits.max_total_tokens} "
             f"max_batch_prefill_tokens={self.max_batch_prefill_tokens} max_batch_size={self.max_batch_size} "
-            f"adapter_slots={self.adapter_slots} max_lora_rank={self.max_lora_rank}"
+            f"adapter_slots={self.adapter_slots} max_lora_rank={self.max_lora_rank} "
+            f"cuda_graphs={self.cuda_graphs}"
         )
 
 
@@ -85,9 +89,16 @@ class Engine:
         self.limits = resolve_limits(config, shape.max_positions)
         self.slots = _adapter_slots(config, shape, self.dtype, self.device)
         num_blocks = kv_cache_blocks(config, shape, self.dtype, self.device, self.limits.max_total_tokens)
+        use_graphs = (
+            config.cuda_graphs
+            and self.device.type == "cuda"
+            and supports_paged_decode(shape.head_dim, config.block_size)
+        )
+        # One block more than the allocator hands out: scratch for the padding rows of a decode graph.
+        self.scratch_block = num_blocks
         self.kv_cache = KVCache(
             shape.num_layers,
-            num_blocks,
+            num_blocks + 1,
             config.block_size,
             shape.num_kv_heads,
             shape.head_dim,
@@ -105,7 +116,26 @@ class Engine:
             eos_token_ids=_eos_token_ids(model_config, self.tokenizer),
             adapters=self.adapters,
         )
-        self.runner = ModelRunner(self.model, config.block_size, self.device, self.slots)
+        graphs = None
+        if use_graphs:
+            graphs = DecodeGraphs(
+                self.model,
+                self.slots,
+                self.device,
+                config.block_size,
+                config.max_batch_size,
+                -(-self.limits.max_total_tokens // config.block_size),
+                scratch_block=self.scratch_block,
+            )
+            started = time.perf_counter()
+            graphs.capture()
+            logger.info(
+                "captured %d CUDA graphs of decode steps (batch sizes up to %d) in %.1f s",
+                len(graphs.graphs),
+                graphs.sizes[-1],
+                time.perf_counter() - started,
+            )
+        self.runner = ModelRunner(self.model, config.block_size, self.device, self.slots, graphs)
         self.info = EngineInfo(
             model_id=config.served_model_name or config.model_id,
             model_path=str(path),
@@ -122,6 +152,7 @@ class Engine:
             vocab_size=shape.vocab_size,
             adapter_slots=self.slots.num_slots,
             max_lora_rank=config.max_lora_rank,
+            cuda_graphs=use_graphs,
         )
         self._requests: dict[str, Request] = {}
         self._thread: threading.Thread | None = None

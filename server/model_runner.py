@@ -3,6 +3,8 @@
 Inputs of a step with B sequences and T tokens (prefill chunks and decodes mixed, ordered by adapter):
 input_ids/positions/slot_mapping [T], block_tables [B, max_blocks], and `logits_indices` [N], the last
 token of every sequence that samples this step. Adapter segments come from the same row order.
+On CUDA, decode rows attend through the paged Triton kernel, and a step of decodes only replays a
+captured CUDA graph (`cuda_graphs`) when the engine made them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from .adapters.lora_batch import LoraBatch
 from .adapters.lora_stack import LoraStack
 from .adapters.slots import AdapterSlots
 from .batch import ScheduledBatch, StepOutput
-from .models.attention import AttentionMetadata, DecodeBucket, bucket_by_length
+from .cuda_graphs import DecodeGraphs, supports_paged_decode
+from .models.attention import AttentionMetadata, DecodeBucket, PagedDecode, bucket_by_length
 from .models.context import ForwardContext, forward_context
 from .models.llama import CausalLM
 from .request import PromptToken
@@ -32,12 +35,21 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, block_size: int, device: torch.device, slots: AdapterSlots):
+    def __init__(
+        self,
+        model: CausalLM,
+        block_size: int,
+        device: torch.device,
+        slots: AdapterSlots,
+        graphs: DecodeGraphs | None = None,
+    ):
         self.model = model
         self.block_size = block_size
         self.device = device
         self.slots = slots
         self.lora_stack = LoraStack(slots) if slots.prepared is not None else None
+        self.paged_decode = device.type == "cuda" and supports_paged_decode(model.shape.head_dim, block_size)
+        self.graphs = graphs
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         host = torch.tensor(values, dtype=torch.int64)
@@ -82,7 +94,14 @@ class ModelRunner:
             else:
                 seg_slots.append(slot)
                 seg_starts.append(len(input_ids))
-        buckets = []
+        buckets, paged = [], None
+        if self.paged_decode and decode_rows:
+            paged = PagedDecode(
+                token_index=self._tensor(decode_tokens),
+                block_tables=self._tensor([block_tables[r] for r in decode_rows]),
+                context_lens=self._tensor([context_lens[r] for r in decode_rows]),
+            )
+            decode_rows = []
         for group in bucket_by_length([context_lens[i] for i in decode_rows]):
             rows = [decode_rows[g] for g in group]
             lens = [context_lens[r] for r in rows]
@@ -103,6 +122,7 @@ class ModelRunner:
             block_tables=self._tensor(block_tables),
             decode_buckets=buckets,
             prefill_rows=prefill_rows,
+            paged_decode=paged,
         )
         return StepInputs(
             self._tensor(input_ids), attention, self._tensor(logits_indices), seg_starts, seg_slots
@@ -121,6 +141,8 @@ class ModelRunner:
         Prompt log-probabilities, for requests that asked, are computed here too (they need the hidden
         states of every prompt position, not only the last).
         """
+        if self.graphs is not None and self.graphs.accepts(batch):
+            return self.graphs.run(batch)
         inputs = self.prepare(batch)
         context = ForwardContext(attention=inputs.attention, lora=self.lora_context(inputs))
         with forward_context(context):

@@ -69,3 +69,29 @@ class LoraBatch:
             slots.slice_offsets[group],
             validate=False,
         )
+
+
+class FixedLoraBatch:
+    """The adapter segments of a captured CUDA graph: seg_starts [B+1] and seg_slots [B] are fixed
+    device buffers, rewritten before each replay, so every group of every layer runs the segmented
+    kernels (a group no adapter of the step targets has rank 0 there, and the kernels read nothing)."""
+
+    def __init__(self, slots: AdapterSlots, seg_starts: torch.Tensor, seg_slots: torch.Tensor):
+        self.slots = slots
+        self.seg_starts = seg_starts
+        self.seg_slots = seg_slots
+
+    def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
+        slots, key = self.slots, (layer, group)
+        add_lora(
+            y,
+            x,
+            slots.a[key],
+            slots.b[key],
+            slots.ranks[key],
+            slots.scaling[key],
+            self.seg_starts,
+            self.seg_slots,
+            slots.slice_offsets[group],
+            validate=False,
+        )

@@ -1,4 +1,5 @@
-"""Paged attention: the metadata one step needs, and the PyTorch backend that runs on CPU and CUDA.
+"""Paged attention: the metadata one step needs, and the PyTorch backend that runs on CPU and CUDA
+(on CUDA its decode rows go to the paged Triton kernel, `loraplex.kernels.paged_attention_triton`).
 
 KV cache layout per layer: k_cache, v_cache [H_kv, num_blocks, block_size, d] (head-major). Token i of a sequence
 lives in block block_table[i // block_size] at offset i % block_size; `slot_mapping[t]` is the flat index
@@ -52,6 +53,16 @@ def bucket_by_length(context_lens: list[int], max_buckets: int = 4, min_rows: in
 
 
 @dataclass
+class PagedDecode:
+    """Decode rows for the paged Triton kernel (CUDA): token_index [Bd] their tokens in the step (None:
+    every token of the step, in order), block_tables [Bd, n] and context_lens [Bd] on the device."""
+
+    token_index: torch.Tensor | None
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+
+
+@dataclass
 class AttentionMetadata:
     """Everything attention needs for one flattened step of B sequences and T tokens.
 
@@ -63,6 +74,7 @@ class AttentionMetadata:
     decode_buckets: the sequences with exactly one new token, in groups of similar context length
         (each group is one batched attention call, padded only to its own longest context).
     prefill_rows: the other sequences (host ints), attended one at a time.
+    paged_decode: on CUDA, the decode sequences for one paged-kernel launch instead of decode_buckets.
     """
 
     slot_mapping: torch.Tensor
@@ -73,6 +85,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor
     decode_buckets: list[DecodeBucket]
     prefill_rows: list[int]
+    paged_decode: PagedDecode | None = None
 
 
 class AttentionBackend(Protocol):
@@ -169,11 +182,24 @@ class TorchAttention:
         k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, metadata.slot_mapping, k.transpose(0, 1))
         v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, metadata.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)
+        if metadata.paged_decode is not None:
+            self._paged_decode(metadata.paged_decode, q, k_cache, v_cache, scale, sliding_window, out)
         for bucket in metadata.decode_buckets:
             self._decode(bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out)
         for row in metadata.prefill_rows:
             self._prefill(row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out)
         return out
+
+    @staticmethod
+    def _paged_decode(paged: PagedDecode, q, k_cache, v_cache, scale, sliding_window, out) -> None:
+        from loraplex.kernels.paged_attention_triton import paged_decode_attention
+
+        tables, lens = paged.block_tables, paged.context_lens
+        if paged.token_index is None:
+            paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, sliding_window, out=out)
+        else:
+            rows = paged.token_index
+            out[rows] = paged_decode_attention(q[rows], k_cache, v_cache, tables, lens, scale, sliding_window)
 
     def _decode(self, bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out) -> None:
         heads, num_blocks = k_cache.shape[:2]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from adapter_factory import ADAPTER_SPECS, build_adapter, edit_config, load_peft_reference
-from engine.reference import assert_matches_reference, capture_logits
+from engine.reference import assert_matches_reference, capture_logits, with_fixed_decode
 
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
@@ -61,6 +61,20 @@ def test_one_batch_mixes_base_and_six_adapters(base_dir, adapter_root, peft_refe
     assert max(len(s) for s in steps) == len(owners), "base and every adapter should share a step"
     for adapter_id, request in zip(owners, requests, strict=True):
         assert request.num_output_tokens == 16
+        assert_matches_reference(peft_references[adapter_id], request, records)
+
+
+def test_padded_decode_steps_of_mixed_adapters(base_dir, adapter_root, peft_references):
+    """Base and six adapters decode through the fixed buffers of a CUDA graph (7 rows padded to 8)."""
+    engine = with_fixed_decode(
+        make_engine(base_dir, adapter_root, preload_adapters=tuple(ADAPTERS), max_batch_size=8)
+    )
+    records = capture_logits(engine)
+    owners = [ADAPTERS[2], None, *ADAPTERS[:2], *ADAPTERS[3:]]
+    requests = [make_request(engine, a, PROMPTS[i], 8, f"r{i}") for i, a in enumerate(owners)]
+    engine.generate(requests)
+    assert engine.runner.graphs.replays > 0
+    for adapter_id, request in zip(owners, requests, strict=True):
         assert_matches_reference(peft_references[adapter_id], request, records)
 
 

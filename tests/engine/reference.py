@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from loraplex.server.cuda_graphs import DecodeGraphs
 from loraplex.server.engine import Engine
 
 
@@ -49,3 +50,24 @@ def assert_matches_reference(model, request, records, atol: float = 1e-4) -> Non
         diff = (logits - reference).abs().max().item()
         assert diff < atol, f"{request.request_id}: output {k} logits differ by {diff}"
     assert request.output_token_ids == reference_greedy(model, prompt, request.num_output_tokens)
+
+
+def with_fixed_decode(engine: Engine) -> Engine:
+    """Decode-only steps through the fixed buffers of a CUDA graph: captured graphs on CUDA (the
+    engine's default); elsewhere the same buffers, padding and paged decode kernel (TRITON_INTERPRET)
+    run eagerly. Mixed steps' decode rows go through the paged kernel as well."""
+    if engine.runner.graphs is None:
+        assert engine.device.type == "cpu", "a CUDA engine captures its graphs itself"
+        config = engine.config
+        engine.runner.graphs = DecodeGraphs(
+            engine.model,
+            engine.slots,
+            engine.device,
+            config.block_size,
+            config.max_batch_size,
+            -(-engine.limits.max_total_tokens // config.block_size),
+            scratch_block=engine.scratch_block,
+            use_graphs=False,
+        )
+        engine.runner.paged_decode = True
+    return engine
