@@ -215,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--budget", type=float, default=None, help="seconds (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of server and peers")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra `loraplex serve` argument, e.g. --server-arg=--no-cuda-graphs (repeatable)",
+    )
     args = parser.parse_args(argv)
     config = CONFIGS[args.config]
     if args.tiny:
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, budget_s=args.budget)
     if args.threads:
         config = dataclasses.replace(config, threads=args.threads)
+    if args.server_arg:
+        config = dataclasses.replace(config, server_args=(*config.server_args, *args.server_arg))
     folder = Path(tempfile.gettempdir()) if args.tiny else RESULTS
     out = args.out or folder / f"serving_{config.name.replace('-', '_')}.json"
     plots = None if args.no_plots else out.with_suffix("")
