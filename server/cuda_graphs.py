@@ -127,8 +127,9 @@ class DecodeGraphs:
                 main.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: adapter loader threads may pin host memory meanwhile
-                with forward_context(context), torch.cuda.graph(
-                    graph, pool=pool, capture_error_mode="thread_local"
+                with (
+                    forward_context(context),
+                    torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"),
                 ):
                     hidden = self.model(input_ids)
                 pool = graph.pool()
