@@ -6,9 +6,15 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+from .arrivals import Arrivals
 from .report import run_record
 from .runner import run, warm_up
 from .workload import WorkloadSpec, build_workload, distinct_adapters
+
+
+def _wave(spec: WorkloadSpec) -> int:
+    """Requests in flight at once: the closed loop's clients, else 64."""
+    return spec.arrivals.concurrency or 64
 
 
 def measure(
@@ -21,12 +27,19 @@ def measure(
     warm: bool = True,
     timeout: float = 600.0,
 ) -> dict:
-    """Warm up the adapters the workload names (their loads are not timed), run it, return its record."""
+    """Warm up, run the workload, return its record.
+
+    The warm-up loads the adapters the workload names, then sends its first wave of requests (as many as
+    run at once) with 2 output tokens each: batches of the run's own prompt lengths and adapter mix, so a
+    server that compiles kernels per shape (Triton on GPU) has done so before anything is timed.
+    """
     requests = build_workload(spec)
     named = sorted({r.adapter_id for r in requests if r.adapter_id is not None})
     warm_started = time.perf_counter()
     if warm:
         warm_up(url, named or [None], concurrency=64, timeout=timeout)
+        wave = [dataclasses.replace(r, output_len=min(r.output_len, 2)) for r in requests[: _wave(spec)]]
+        run(url, wave, Arrivals(concurrency=len(wave)), timeout=timeout, progress=False)
     warmup_s = time.perf_counter() - warm_started
     outcome = run(url, requests, spec.arrivals, timeout=timeout, progress=progress, description=name)
     return run_record(

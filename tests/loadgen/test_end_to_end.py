@@ -84,3 +84,42 @@ def test_cli_writes_a_report_with_workload_environment_and_runs(server, tiny_ada
         "plot_throughput.png",
     ]
     assert "loraplex 3 adapters" in capsys.readouterr().out
+
+
+def test_measure_warms_up_with_a_wave_of_the_runs_own_requests(server, tiny_adapters):
+    """Loads first (one short request per adapter), then the first wave of the run with 2 output
+    tokens each (the run's own prompt shapes), then the timed requests."""
+    from loraplex.loadgen.sweep import measure
+
+    _, ids = tiny_adapters
+    engine = server.engine
+    seen: list[tuple[int, str | None, int]] = []
+    submit = engine.submit
+
+    def recording_submit(request):
+        adapter = request.adapter.adapter_id if request.adapter is not None else None
+        seen.append((request.params.max_new_tokens, adapter, len(request.prompt_token_ids)))
+        submit(request)
+
+    engine.submit = recording_submit
+    try:
+        spec = WorkloadSpec(
+            num_requests=6,
+            prompt_len=LengthDist.parse("8:12"),
+            output_len=LengthDist.parse("5"),
+            popularity="roundrobin",
+            adapters=tuple(ids[:2]),
+            arrivals=Arrivals(concurrency=3),
+            vocab=(3, 300),
+        )
+        record = measure(server.url, spec, "wave", progress=False)
+    finally:
+        engine.submit = submit
+    assert record["summary"]["completed"] == 6
+    loads, wave, timed = seen[:2], seen[2:5], seen[5:]
+    assert sorted(a for _, a, _ in loads) == sorted(ids[:2]) and all(n == 2 for n, _, _ in loads)
+    assert [n for n, _, _ in wave] == [2, 2, 2]
+    assert [length for _, _, length in wave] == [length for _, _, length in timed[:3]]
+    assert [a for _, a, _ in wave] == [a for _, a, _ in timed[:3]]
+    assert len(timed) == 6 and all(n == 5 for n, _, _ in timed)
+    server.wait_idle()
