@@ -404,7 +404,9 @@ def provenance(device: torch.device) -> dict:
     info = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": os.environ.get("LORAPLEX_BENCH_COMMIT") or git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": False
+        if os.environ.get("LORAPLEX_BENCH_COMMIT")
+        else bool(git("status", "--porcelain", "--untracked-files=no")),
         "machine": {"host": platform.node(), "arch": platform.machine(), "python": platform.python_version()},
         "torch": torch.__version__,
         "triton": triton_version,

@@ -117,7 +117,7 @@ def serving_section(report: dict[str, Any]) -> list[str]:
     workload, comparisons = report["workload"], report["comparisons"]
     arrivals = workload["arrivals"]
     lines = [
-        "### Serving over HTTP against `peft` mixed-adapter batching",
+        f"### Serving over HTTP against `peft` mixed-adapter batching ({report['config'].upper()})",
         "",
         f"{report['model']}, {report['dtype']}; {workload['num_requests']} requests per run, prompts "
         f"{workload['prompt_len']} tokens, outputs {workload['output_len']}, "
@@ -138,15 +138,74 @@ def serving_section(report: dict[str, Any]) -> list[str]:
             f"| {run['system']} | {adapters} | {summary['output_tokens_per_s']:.0f} | {ttft} | {itl} |"
         )
     lines.append("")
+    skipped = {(s["system"], s["adapters"]): s["reason"] for s in report.get("skipped", [])}
     for name, goal in comparisons.get("goals", {}).items():
-        lines.append(f"- {name}: {goal['value']:.2f} (goal {goal['target']}: {_goal(goal['met'])})")
+        if goal["value"] is None:
+            lines.append(f"- {name}: not measured in this run (goal {goal['target']})")
+        else:
+            lines.append(f"- {name}: {goal['value']:.2f} (goal {goal['target']}: {_goal(goal['met'])})")
+    for (system, adapters), reason in skipped.items():
+        lines.append(f"- {system} with {adapters} adapters skipped: {reason}")
     overhead = comparisons.get("lora_overhead_vs_base", {})
     if overhead:
         lines.append(
             "- LoRA cost against the base model: "
             + ", ".join(f"{n} adapters {value:.0%}" for n, value in overhead.items())
         )
+    floor = comparisons.get("fraction_of_byte_floor_step", {})
+    if floor and report["config"] != "cpu":
+        lines.append(
+            "- decode step (ITL p50) against its byte floor at the measured copy bandwidth "
+            f"({report['copy_bandwidth_GBps']:.0f} GB/s): "
+            + ", ".join(f"{'base' if n in (0, '0') else n} {value:.0%}" for n, value in floor.items())
+        )
+    reference = comparisons.get("vs_peft_h200_reference")
+    if reference:
+        lines.append(
+            "- against transformers + peft as measured on an H200 with these shapes (batch 64, prompt 128, "
+            "32 new tokens; not run here): "
+            + ", ".join(
+                f"{'base model' if key == 'base' else key + ' adapters'} {value:.1f}x"
+                for key, value in reference.items()
+                if value is not None
+            )
+        )
     lines += ["", _provenance(report, f"python -m benchmarks.bench_serving --config {report['config']}")]
+    return lines
+
+
+def kernels_section(report: dict[str, Any]) -> list[str]:
+    meta = report["meta"]
+    lines = [
+        f"### Segmented LoRA kernels ({meta['device_name']})",
+        "",
+        f"Llama-3-8B projections, {meta['dtype']}, rank 16, 64 decode tokens; each method captured in a "
+        "CUDA graph and timed by CUDA events (median of replays), weights cycled so they come from HBM. "
+        "GB/s counts x, y and the weights of the distinct adapters the step touches; bandwidth fraction is "
+        f"that over the device-to-device copy bandwidth measured in the run ({report['copy_bandwidth_gbs']:.0f} "
+        "GB/s). The peers run in the same process on the same data: gather-then-bmm (each token's A and B "
+        "gathered, then two batched matmuls) and a loop of cuBLAS matmuls per distinct adapter.",
+        "",
+        "| projection | adapters | loraplex (us) | GB/s | of copy bandwidth | vs gather-bmm | vs cuBLAS loop |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["results"]:
+        if row["rank"] != 16 or row["batch"] != 64:
+            continue
+        lines.append(
+            f"| {row['projection']} | {row['regime']} ({row['distinct_adapters']}) | {row['loraplex_us']:.1f} | "
+            f"{row['gbs']:.0f} | {row['bw_fraction']:.0%} | {row['speedup_vs_gather_bmm']:.2f}x | "
+            f"{row['speedup_vs_loop_cublas']:.2f}x |"
+        )
+    lines.append("")
+    for name, goal in report["goals"].items():
+        lines.append(f"- {name}: worst case {goal['worst']} (goal {goal['goal']}: {_goal(goal['met'])})")
+    lines += [
+        "",
+        f"{meta['device_name']}, CUDA {meta['cuda']}; torch {meta['torch']}, triton {meta['triton']}; "
+        f"{meta['date'][:16].replace('T', ' ')} UTC; commit `{meta['git_commit'][:7]}`. "
+        "Reproduce: `python benchmarks/bench_lora_kernels.py`.",
+    ]
     return lines
 
 
@@ -157,6 +216,7 @@ def render() -> str:
         ("serving_cpu.json", serving_section),
         ("adapters_cuda.json", adapters_section),
         ("serving_gpu.json", serving_section),
+        ("lora_kernels_nvidia-h200.json", kernels_section),
     ]
     lines: list[str] = []
     for name, section in sections:
