@@ -171,6 +171,13 @@ def serving_section(report: dict[str, Any]) -> list[str]:
             )
         )
     lines += ["", _provenance(report, f"python -m benchmarks.bench_serving --config {report['config']}")]
+    plots = [
+        (kind, f"serving_{report['config']}_{kind}.png")
+        for kind in ("throughput", "latency", "cdf")
+        if (RESULTS / f"serving_{report['config']}_{kind}.png").exists()
+    ]
+    if plots:
+        lines += ["", " ".join(f"![{kind}](benchmarks/results/{name})" for kind, name in plots)]
     return lines
 
 

@@ -29,7 +29,7 @@ def _by_system(report: dict) -> dict[str, list[dict]]:
 
 def _title(report: dict, what: str) -> str:
     env = report.get("environment", {})
-    return f"{what}\n{report.get('model', '')} · {env.get('device', '')} · {env.get('commit', '')}"
+    return f"{what}\n{report.get('model', '')}\n{env.get('device', '')} · commit {env.get('commit', '')}"
 
 
 def _against_adapters(report: dict, path: Path, value, ylabel: str, what: str) -> Path:
