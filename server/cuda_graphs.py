@@ -18,6 +18,8 @@ capture are seen by the next replay.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .adapters.lora_batch import FixedLoraBatch
@@ -26,6 +28,9 @@ from .batch import ScheduledBatch
 from .models.attention import AttentionMetadata, PagedDecode
 from .models.context import ForwardContext, forward_context
 from .models.llama import CausalLM
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 
 def supports_paged_decode(head_dim: int, block_size: int) -> bool:
@@ -85,6 +90,21 @@ class DecodeGraphs:
         self.segments.copy_(self.host_segments)
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.replays = 0
+
+    @classmethod
+    def for_engine(cls, engine: Engine, use_graphs: bool = True) -> DecodeGraphs:
+        """Graphs over an engine's model, adapter slots and KV cache (its scratch block for padding)."""
+        config = engine.config
+        return cls(
+            engine.model,
+            engine.slots,
+            engine.device,
+            config.block_size,
+            config.max_batch_size,
+            -(-engine.limits.max_total_tokens // config.block_size),
+            scratch_block=engine.scratch_block,
+            use_graphs=use_graphs,
+        )
 
     # ---- capture ---------------------------------------------------------------------------------
     def _context(self, size: int, lora: bool) -> ForwardContext:

@@ -118,15 +118,7 @@ class Engine:
         )
         graphs = None
         if use_graphs:
-            graphs = DecodeGraphs(
-                self.model,
-                self.slots,
-                self.device,
-                config.block_size,
-                config.max_batch_size,
-                -(-self.limits.max_total_tokens // config.block_size),
-                scratch_block=self.scratch_block,
-            )
+            graphs = DecodeGraphs.for_engine(self)
             started = time.perf_counter()
             graphs.capture()
             logger.info(

@@ -11,6 +11,30 @@ from .lora_stack import SHORT_SEGMENT_ROWS, LoraStack
 from .slots import AdapterSlots
 
 
+def add_slot_lora(
+    slots: AdapterSlots,
+    key: tuple[int, str],
+    y: torch.Tensor,
+    x: torch.Tensor,
+    seg_starts: torch.Tensor,
+    seg_slots: torch.Tensor,
+) -> None:
+    """y += the LoRA delta of projection group `key` = (layer, group) for every segment, from the slot
+    buffers, through the segmented kernels (inputs valid by construction: no checks)."""
+    add_lora(
+        y,
+        x,
+        slots.a[key],
+        slots.b[key],
+        slots.ranks[key],
+        slots.scaling[key],
+        seg_starts,
+        seg_slots,
+        slots.slice_offsets[key[1]],
+        validate=False,
+    )
+
+
 class LoraBatch:
     """Rows [seg_starts[s], seg_starts[s+1]) use slot seg_slots[s] (-1: base model only).
 
@@ -56,19 +80,7 @@ class LoraBatch:
                 plan = self.plan
                 add_lora_stacked(y, x, plan.rows, plan.n, plan.mask, self.stack.a[key], self.stack.b[key])
             return
-        slots = self.slots
-        add_lora(
-            y,
-            x,
-            slots.a[key],
-            slots.b[key],
-            slots.ranks[key],
-            slots.scaling[key],
-            self.seg_starts,
-            self.seg_slots,
-            slots.slice_offsets[group],
-            validate=False,
-        )
+        add_slot_lora(self.slots, key, y, x, self.seg_starts, self.seg_slots)
 
 
 class FixedLoraBatch:
@@ -82,16 +94,4 @@ class FixedLoraBatch:
         self.seg_slots = seg_slots
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
-        slots, key = self.slots, (layer, group)
-        add_lora(
-            y,
-            x,
-            slots.a[key],
-            slots.b[key],
-            slots.ranks[key],
-            slots.scaling[key],
-            self.seg_starts,
-            self.seg_slots,
-            slots.slice_offsets[group],
-            validate=False,
-        )
+        add_slot_lora(self.slots, (layer, group), y, x, self.seg_starts, self.seg_slots)

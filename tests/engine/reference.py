@@ -58,16 +58,6 @@ def with_fixed_decode(engine: Engine) -> Engine:
     run eagerly. Mixed steps' decode rows go through the paged kernel as well."""
     if engine.runner.graphs is None:
         assert engine.device.type == "cpu", "a CUDA engine captures its graphs itself"
-        config = engine.config
-        engine.runner.graphs = DecodeGraphs(
-            engine.model,
-            engine.slots,
-            engine.device,
-            config.block_size,
-            config.max_batch_size,
-            -(-engine.limits.max_total_tokens // config.block_size),
-            scratch_block=engine.scratch_block,
-            use_graphs=False,
-        )
+        engine.runner.graphs = DecodeGraphs.for_engine(engine, use_graphs=False)
         engine.runner.paged_decode = True
     return engine
