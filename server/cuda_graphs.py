@@ -50,6 +50,9 @@ def capture_sizes(max_batch_size: int) -> tuple[int, ...]:
 
 
 class DecodeGraphs:
+    """The captured graphs, one per (padded batch size, with LoRA or not), and the fixed buffers they
+    read; `accepts` tells whether a step can replay one, `run` replays it (module docstring: how)."""
+
     def __init__(
         self,
         model: CausalLM,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,26 @@ def load_tokenizer(path: Path | str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def window_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """`tokenizer.decode(ids, skip_special_tokens=False)`, straight through the Rust tokenizer where that
+    is all transformers would do (a fast tokenizer that cleans up no spaces and overrides no decode):
+    for the few ids of a streaming window, the Python wrapper costs several times the decode itself."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        TokenizersBackend = None  # noqa: N806
+    raw = getattr(tokenizer, "_tokenizer", None)
+    if (
+        TokenizersBackend is not None
+        and isinstance(tokenizer, TokenizersBackend)
+        and type(tokenizer)._decode is TokenizersBackend._decode
+        and not tokenizer.clean_up_tokenization_spaces
+        and raw is not None
+    ):
+        return lambda ids: raw.decode(ids, skip_special_tokens=False)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
 
 
 class IncrementalDetokenizer:
@@ -28,6 +49,7 @@ class IncrementalDetokenizer:
         self._read_offset = len(self._ids)
         self.text = ""
         self._special = set(tokenizer.all_special_ids)
+        self._decode = window_decoder(tokenizer)
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special
@@ -35,9 +57,9 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Append one generated token; return the new text it completes (may be "")."""
         self._ids.append(token_id)
-        decode = self.tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=False)
-        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=False)
+        decode = self._decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset])
+        full = decode(self._ids[self._prefix_offset :])
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
             return ""
         delta = full[len(prefix) :]
@@ -52,9 +74,9 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """At the end of generation: whatever text is still held back (an incomplete character)."""
-        decode = self.tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=False)
-        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=False)
+        decode = self._decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset])
+        full = decode(self._ids[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(self._ids)
         delta = full[len(prefix) :]
         self.text += delta
