@@ -119,7 +119,8 @@ def test_measure_warms_up_with_a_wave_of_the_runs_own_requests(server, tiny_adap
     loads, wave, timed = seen[:2], seen[2:5], seen[5:]
     assert sorted(a for _, a, _ in loads) == sorted(ids[:2]) and all(n == 2 for n, _, _ in loads)
     assert [n for n, _, _ in wave] == [2, 2, 2]
-    assert [length for _, _, length in wave] == [length for _, _, length in timed[:3]]
-    assert [a for _, a, _ in wave] == [a for _, a, _ in timed[:3]]
+    # the run's own requests: same adapters and prompts as timed ones (their order may differ)
+    assert all(w[1:] in [t[1:] for t in timed] for w in wave)
+    assert len({w[1:] for w in wave}) == 3
     assert len(timed) == 6 and all(n == 5 for n, _, _ in timed)
     server.wait_idle()
