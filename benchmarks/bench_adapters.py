@@ -86,7 +86,7 @@ def stalls_while_loading(engine: Engine, root: Path, model_dir: Path, requests, 
         work.append(engine.make_request(spec.prompt_ids[:32], params, adapter=location))
     cold_requests = [
         engine.make_request(
-            requests[i].prompt_ids[:32],
+            requests[i % len(requests)].prompt_ids[:32],
             SamplingParams(max_new_tokens=4, ignore_eos_token=True),
             adapter=engine.adapters.locate(adapter_id, "local"),
         )
