@@ -38,6 +38,38 @@ def test_padded_decode_steps_match_transformers(arch, model_dirs, references):
         assert_matches_reference(references[arch], request, records)
 
 
+@pytest.mark.parametrize("arch", ("llama", "mistral"))
+def test_decode_rows_of_mixed_steps_match_transformers(arch, model_dirs, references):
+    """Requests arrive while others decode: steps that mix prefill chunks and decodes run eagerly, their
+    decode rows through the paged kernel (scattered back among the prefill rows)."""
+    engine = fixed_decode_engine(model_dirs[arch])
+    records = capture_logits(engine)
+    steps = record_steps(engine)
+    requests = [greedy_request(engine, text, 6 + 2 * i, f"r{i}") for i, text in enumerate(PROMPTS)]
+    pending = list(requests)
+    while pending or engine.scheduler.has_work:
+        if pending and engine.num_steps % 2 == 0:
+            engine.submit(pending.pop(0))
+        engine.step()
+    assert any(decodes and prefills for decodes, prefills in steps), "no step mixed decodes and prefill"
+    for request in requests:
+        assert_matches_reference(references[arch], request, records)
+
+
+def record_steps(engine) -> list[tuple[int, int]]:
+    """(decode rows, prefill rows) of every eager step."""
+    steps: list[tuple[int, int]] = []
+    prepare = engine.runner.prepare
+
+    def recording_prepare(batch):
+        decodes = sum(row.num_tokens == 1 for row in batch.rows)
+        steps.append((decodes, len(batch.rows) - decodes))
+        return prepare(batch)
+
+    engine.runner.prepare = recording_prepare
+    return steps
+
+
 def test_scratch_block_is_never_handed_out(model_dirs):
     engine = make_engine(model_dirs["llama"])
     pool = engine.kv_cache.layers()[0][0]
