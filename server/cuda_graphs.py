@@ -9,7 +9,8 @@ the graph of the smallest size that holds it, and projects the real rows' hidden
 eagerly. Every other step (prefill chunks, mixed steps) runs eagerly.
 
 Fixed buffers, for B rows of which the first n are real: input_ids, positions, slot_mapping [B],
-context_lens [B], block_tables [B, max_blocks], seg_starts [B+1], seg_slots [B]. Padding rows read
+context_lens [B], block_tables [B, max_blocks] (max_blocks covers max_total_tokens, which the engine
+holds every request to), seg_starts [B+1], seg_slots [B]. Padding rows read
 token 0 at position 0, write their key and value to a scratch cache block no request owns, attend to
 that one slot, and belong to no adapter segment, so they disturb nothing. What a graph reads from the
 adapter slots (weights, ranks, scalings) lives in buffers allocated once, so adapters loaded after the
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .adapters.lora_batch import FixedLoraBatch
+from .adapters.lora_batch import FixedLoraBatch, extend_segments
 from .adapters.slots import AdapterSlots
 from .batch import ScheduledBatch
 from .models.attention import AttentionMetadata, PagedDecode
@@ -74,7 +75,6 @@ class DecodeGraphs:
         self.sizes = capture_sizes(max_batch_size)
         self.scratch_block = scratch_block
         size, width = self.sizes[-1], max_blocks_per_sequence
-        self.width = width
         # Host staging (pinned) and device buffers, one int64 row of each field per batch row.
         pin = device.type == "cuda"
         self.host_rows = torch.zeros(4, size, dtype=torch.int64, pin_memory=pin)
@@ -172,7 +172,6 @@ class DecodeGraphs:
             0 < len(rows) <= self.sizes[-1]
             and all(row.num_tokens == 1 for row in rows)
             and not any(row.request.params.prompt_logprobs for row in rows)
-            and all(len(row.request.block_ids) <= self.width for row in rows)
         )
 
     def _write_padding(self, start: int, end: int) -> None:
@@ -203,12 +202,7 @@ class DecodeGraphs:
             tables[index, : len(blocks)] = blocks
             if row.samples:
                 sampling.append(index)
-            slot = request.adapter_slot
-            if seg_slots and seg_slots[-1] == slot:
-                seg_starts[-1] = index + 1
-            else:
-                seg_slots.append(slot)
-                seg_starts.append(index + 1)
+            extend_segments(seg_starts, seg_slots, request.adapter_slot, index + 1)
         self._write_padding(count, size)
         segments = self.host_segments_np
         segments[: len(seg_starts)] = seg_starts

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters.lora_batch import LoraBatch
+from .adapters.lora_batch import LoraBatch, extend_segments
 from .adapters.lora_stack import LoraStack
 from .adapters.slots import AdapterSlots
 from .batch import ScheduledBatch, StepOutput
@@ -88,12 +88,7 @@ class ModelRunner:
                 prefill_rows.append(index)
             if row.samples:
                 logits_indices.append(len(input_ids) - 1)
-            slot = request.adapter_slot
-            if seg_slots and seg_slots[-1] == slot:
-                seg_starts[-1] = len(input_ids)
-            else:
-                seg_slots.append(slot)
-                seg_starts.append(len(input_ids))
+            extend_segments(seg_starts, seg_slots, request.adapter_slot, len(input_ids))
         buckets, paged = [], None
         if self.paged_decode and decode_rows:
             paged = PagedDecode(

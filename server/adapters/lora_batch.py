@@ -11,6 +11,16 @@ from .lora_stack import SHORT_SEGMENT_ROWS, LoraStack
 from .slots import AdapterSlots
 
 
+def extend_segments(seg_starts: list[int], seg_slots: list[int], slot: int, end: int) -> None:
+    """Add a row ending at `end` with adapter `slot`: it joins the last segment when that has the same
+    slot (rows come ordered by slot), else opens a new one. seg_starts begins as [0], seg_slots as []."""
+    if seg_slots and seg_slots[-1] == slot:
+        seg_starts[-1] = end
+    else:
+        seg_slots.append(slot)
+        seg_starts.append(end)
+
+
 def add_slot_lora(
     slots: AdapterSlots,
     key: tuple[int, str],
