@@ -12,11 +12,6 @@ from .runner import run, warm_up
 from .workload import WorkloadSpec, build_workload, distinct_adapters
 
 
-def _wave(spec: WorkloadSpec) -> int:
-    """Requests in flight at once: the closed loop's clients, else 64."""
-    return spec.arrivals.concurrency or 64
-
-
 def measure(
     url: str,
     spec: WorkloadSpec,
@@ -38,7 +33,8 @@ def measure(
     warm_started = time.perf_counter()
     if warm:
         warm_up(url, named or [None], concurrency=64, timeout=timeout)
-        wave = [dataclasses.replace(r, output_len=min(r.output_len, 2)) for r in requests[: _wave(spec)]]
+        in_flight = spec.arrivals.concurrency or 64  # open loop: a wave as large as the first warm-up
+        wave = [dataclasses.replace(r, output_len=min(r.output_len, 2)) for r in requests[:in_flight]]
         run(url, wave, Arrivals(concurrency=len(wave)), timeout=timeout, progress=False)
     warmup_s = time.perf_counter() - warm_started
     outcome = run(url, requests, spec.arrivals, timeout=timeout, progress=progress, description=name)
