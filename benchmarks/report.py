@@ -223,7 +223,11 @@ def render() -> str:
         ("serving_cpu.json", serving_section),
         ("adapters_cuda.json", adapters_section),
         ("serving_gpu.json", serving_section),
-        ("lora_kernels_nvidia-h200.json", kernels_section),
+        *(
+            (path.name, kernels_section)
+            for path in sorted(RESULTS.glob("lora_kernels_*.json"))
+            if not path.stem.endswith("-smoke")
+        ),
     ]
     lines: list[str] = []
     for name, section in sections:
