@@ -92,7 +92,7 @@ class DecodeGraphs:
         self.tables.copy_(self.host_tables)
         self.segments.copy_(self.host_segments)
         self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.replays = 0
+        self.replays = 0  # decode-only steps served here (run eagerly when use_graphs is False)
 
     @classmethod
     def for_engine(cls, engine: Engine, use_graphs: bool = True) -> DecodeGraphs:
