@@ -18,7 +18,14 @@ from .adapters.lora_stack import LoraStack
 from .adapters.slots import AdapterSlots
 from .batch import ScheduledBatch, StepOutput
 from .cuda_graphs import DecodeGraphs, supports_paged_decode
-from .models.attention import AttentionMetadata, DecodeBucket, PagedDecode, bucket_by_length
+from .models.attention import (
+    AttentionMetadata,
+    DecodeBucket,
+    PagedDecode,
+    PrefillGroup,
+    bucket_by_length,
+    group_by_length,
+)
 from .models.context import ForwardContext, forward_context
 from .models.llama import CausalLM
 from .request import PromptToken
@@ -49,6 +56,8 @@ class ModelRunner:
         self.slots = slots
         self.lora_stack = LoraStack(slots) if slots.prepared is not None else None
         self.paged_decode = device.type == "cuda" and supports_paged_decode(model.shape.head_dim, block_size)
+        # On CUDA one attention call per sequence per layer costs more host time than GPU time.
+        self.batch_prefill = device.type == "cuda"
         self.graphs = graphs
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
@@ -108,6 +117,9 @@ class ModelRunner:
                     blocks=self._tensor([block_tables[r][:num_blocks] for r in rows]),
                 )
             )
+        groups = []
+        if self.batch_prefill:
+            prefill_rows, groups = self._prefill_groups(prefill_rows, batch, query_starts, query_lens)
         attention = AttentionMetadata(
             slot_mapping=self._tensor(slot_mapping),
             positions=self._tensor(positions),
@@ -118,10 +130,39 @@ class ModelRunner:
             decode_buckets=buckets,
             prefill_rows=prefill_rows,
             paged_decode=paged,
+            prefill_groups=groups,
         )
         return StepInputs(
             self._tensor(input_ids), attention, self._tensor(logits_indices), seg_starts, seg_slots
         )
+
+    def _prefill_groups(
+        self, prefill_rows: list[int], batch: ScheduledBatch, query_starts: list[int], query_lens: list[int]
+    ) -> tuple[list[int], list[PrefillGroup]]:
+        """Batch the whole-prompt chunks (those that start at position 0) in groups of similar length;
+        returns the rows left to attend one at a time, and the groups."""
+        whole = [r for r in prefill_rows if batch.rows[r].start == 0]
+        groups: list[PrefillGroup] = []
+        batched: set[int] = set()
+        for members in group_by_length([query_lens[r] for r in whole]):
+            if len(members) < 2:
+                continue
+            rows = [whole[m] for m in members]
+            length = max(query_lens[r] for r in rows)
+            gather, valid, tokens = [], [], []
+            for b, row in enumerate(rows):
+                start, count = query_starts[row], query_lens[row]
+                gather.extend(range(start, start + count))
+                gather.extend([start] * (length - count))
+                valid.extend(range(b * length, b * length + count))
+                tokens.extend(range(start, start + count))
+            groups.append(
+                PrefillGroup(
+                    self._tensor(gather), self._tensor(valid), self._tensor(tokens), len(rows), length, rows
+                )
+            )
+            batched.update(rows)
+        return [r for r in prefill_rows if r not in batched], groups
 
     def lora_context(self, inputs: StepInputs) -> LoraBatch | None:
         """The adapter segments of this step for the LoRA layers; None when no row uses an adapter."""

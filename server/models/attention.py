@@ -52,6 +52,44 @@ def bucket_by_length(context_lens: list[int], max_buckets: int = 4, min_rows: in
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+def group_by_length(lengths: list[int], max_padding: float = 0.25) -> list[list[int]]:
+    """Split positions into groups of similar length (sorted, greedy): a group padded to its longest
+    member holds at most `max_padding` more tokens than its members do. Singletons are groups too."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    total = 0
+    for index in order:
+        group = groups[-1] if groups else None
+        if group is not None and lengths[index] * (len(group) + 1) <= (1 + max_padding) * (
+            total + lengths[index]
+        ):
+            group.append(index)
+            total += lengths[index]
+        else:
+            groups.append([index])
+            total = lengths[index]
+    return groups
+
+
+@dataclass
+class PrefillGroup:
+    """Whole-prompt prefill chunks (no cached context) attended in one causal SDPA call.
+
+    The B chunks are right-padded to the longest, L tokens: a causal mask lets a real query see only
+    keys at or before it, which are all real, so padding changes nothing but its own discarded rows.
+    gather [B * L]: the step token at each padded position (padding repeats the chunk's first token);
+    valid [N]: the padded positions that hold real tokens; tokens [N]: those tokens' step indices.
+    rows: the chunks' sequence indices (attended one at a time when a sliding window is shorter than L).
+    """
+
+    gather: torch.Tensor
+    valid: torch.Tensor
+    tokens: torch.Tensor
+    batch: int
+    length: int
+    rows: list[int]
+
+
 @dataclass
 class PagedDecode:
     """Decode rows for the paged Triton kernel (CUDA): token_index [Bd] their tokens in the step (None:
@@ -75,6 +113,8 @@ class AttentionMetadata:
         (each group is one batched attention call, padded only to its own longest context).
     prefill_rows: the other sequences (host ints), attended one at a time.
     paged_decode: on CUDA, the decode sequences for one paged-kernel launch instead of decode_buckets.
+    prefill_groups: on CUDA, whole-prompt chunks of similar length batched per SDPA call (their rows
+        are not in prefill_rows).
     """
 
     slot_mapping: torch.Tensor
@@ -86,6 +126,7 @@ class AttentionMetadata:
     decode_buckets: list[DecodeBucket]
     prefill_rows: list[int]
     paged_decode: PagedDecode | None = None
+    prefill_groups: list[PrefillGroup] = field(default_factory=list)
 
 
 class AttentionBackend(Protocol):
@@ -186,9 +227,29 @@ class TorchAttention:
             self._paged_decode(metadata.paged_decode, q, k_cache, v_cache, scale, sliding_window, out)
         for bucket in metadata.decode_buckets:
             self._decode(bucket, q, k_cache, v_cache, metadata, scale, sliding_window, out)
+        for group in metadata.prefill_groups:
+            if sliding_window is not None and group.length > sliding_window:
+                for row in group.rows:
+                    self._prefill(row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out)
+            else:
+                self._prefill_group(group, q, k, v, scale, out)
         for row in metadata.prefill_rows:
             self._prefill(row, q, k, v, k_cache, v_cache, metadata, scale, sliding_window, out)
         return out
+
+    @staticmethod
+    def _prefill_group(group: PrefillGroup, q, k, v, scale, out) -> None:
+        """One causal SDPA over the group's right-padded chunks [B, H, L, d]; real rows scattered back."""
+        batch, length = group.batch, group.length
+
+        def padded(x: torch.Tensor) -> torch.Tensor:
+            return x.index_select(0, group.gather).view(batch, length, *x.shape[1:]).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(
+            padded(q), padded(k), padded(v), is_causal=True, scale=scale, enable_gqa=True
+        )
+        flat = attended.transpose(1, 2).reshape(batch * length, *q.shape[1:])
+        out.index_copy_(0, group.tokens, flat.index_select(0, group.valid))
 
     @staticmethod
     def _paged_decode(paged: PagedDecode, q, k_cache, v_cache, scale, sliding_window, out) -> None:
