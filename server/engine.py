@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from loraplex.kernels import resolve_backend
+
 from .adapters.manager import AdapterManager, make_reader
 from .adapters.slots import AdapterSlots, slot_bytes
 from .adapters.sources import AdapterLocation, AdapterSources
@@ -127,6 +129,12 @@ class Engine:
                 graphs.sizes[-1],
                 time.perf_counter() - started,
             )
+        if self.device.type == "cuda" and resolve_backend(self.device) == "triton":
+            started = time.perf_counter()
+            count = _warm_up_lora_kernels(
+                self.slots, config.max_batch_prefill_tokens + config.max_batch_size, config.max_batch_size
+            )
+            logger.info("compiled %d LoRA kernel variants in %.1f s", count, time.perf_counter() - started)
         self.runner = ModelRunner(self.model, config.block_size, self.device, self.slots, graphs)
         self.info = EngineInfo(
             model_id=config.served_model_name or config.model_id,
@@ -344,6 +352,27 @@ class Engine:
             if not self.last_step_ran:
                 self._apply_commands(block=True)
         return requests
+
+
+def _warm_up_lora_kernels(slots: AdapterSlots, max_tokens: int, max_segments: int) -> int:
+    """Compile, before serving, the LoRA kernel variants a step may launch (`kernels.lora_warmup`):
+    the first prefill with a new segment count would otherwise stall every running request."""
+    from loraplex.kernels.lora_warmup import warm_up
+
+    launches = 0
+    for (layer, group), lora_a in slots.a.items():
+        if layer == 0:
+            key = (layer, group)
+            launches += warm_up(
+                lora_a,
+                slots.b[key],
+                slots.ranks[key],
+                slots.scaling[key],
+                slots.slice_offsets[group],
+                max_tokens,
+                max_segments,
+            )
+    return launches
 
 
 def _adapter_slots(config: EngineConfig, shape, dtype: torch.dtype, device: torch.device) -> AdapterSlots:
