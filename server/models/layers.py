@@ -1,6 +1,13 @@
-"""Model building blocks: RMSNorm, the LoRA-aware linear layer, and the gated MLP activation."""
+"""Model building blocks: RMSNorm, the LoRA-aware linear layer, and the gated MLP activation.
+
+On CUDA tensors RMSNorm and `silu_and_mul` run fused Triton kernels (`loraplex.kernels.fused_ops_triton`,
+one launch each instead of a chain of elementwise ones); elsewhere, or without Triton, the PyTorch code.
+"""
 
 from __future__ import annotations
+
+import functools
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +15,16 @@ from torch import nn
 
 from .context import get_forward_context
 from .onednn_linear import linear, to_onednn
+
+
+@functools.cache
+def fused_ops() -> ModuleType | None:
+    """The fused Triton kernels, imported on the first CUDA call; None without Triton."""
+    try:
+        from loraplex.kernels import fused_ops_triton
+    except ImportError:
+        return None
+    return fused_ops_triton
 
 
 class RMSNorm(nn.Module):
@@ -19,6 +36,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., D] -> [..., D]."""
+        ops = fused_ops() if x.is_cuda else None
+        if ops is not None:
+            return ops.rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
+        return self.forward_torch(x)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch path (CPU, or CUDA without Triton)."""
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -76,5 +101,13 @@ class LoRALinear(nn.Module):
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """[T, 2I] -> [T, I]: silu(gate) * up."""
+    ops = fused_ops() if gate_up.is_cuda else None
+    if ops is not None:
+        return ops.silu_and_mul(gate_up)
+    return silu_and_mul_torch(gate_up)
+
+
+def silu_and_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
+    """The PyTorch path of `silu_and_mul` (CPU, or CUDA without Triton)."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up

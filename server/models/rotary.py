@@ -8,6 +8,9 @@ frequencies are inv_freq[i] = theta ** (-2i / d), i in [0, d/2). A token at posi
 
 "linear" divides the frequencies by `factor`, "llama3" scales only the low frequencies (smoothly in a
 band), "yarn" blends interpolated and extrapolated frequencies and scales cos/sin by an attention factor.
+
+On CUDA tensors (with Triton) q and k are rotated in place by one fused kernel
+(`loraplex.kernels.fused_ops_triton.rotary_`); elsewhere by the PyTorch code, which makes new tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 from typing import Any
 
 import torch
+
+from .layers import fused_ops
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -137,7 +142,21 @@ class RotaryEmbedding(torch.nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T]; q [T, H, d], k [T, H_kv, d] -> rotated (q, k)."""
+        """positions [T]; q [T, H, d], k [T, H_kv, d] -> rotated (q, k).
+
+        On CUDA q and k are rotated in place and returned (they may be strided views, as the split of a
+        fused qkv projection is); elsewhere they are left as they are and new tensors returned.
+        """
+        ops = fused_ops() if q.is_cuda else None
+        if ops is not None:
+            ops.rotary_(q, k, self.cos, self.sin, positions, self.rotary_dim)
+            return q, k
+        return self.forward_torch(positions, q, k)
+
+    def forward_torch(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The PyTorch path (CPU, or CUDA without Triton): new tensors, q and k untouched."""
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
