@@ -10,7 +10,7 @@ GPU reasoning, per token tile of a segment:
   programs (fp32 atomics into a zeroed h): enough of them that the grid holds about two programs
   per SM, and at least one per 1024 input features, because a program that streams a long run of
   weights alone is bound by its own load latency (on an H200, Llama-3-8B qkv with 64 distinct
-  adapters: 45 us unsplit, 25-28 us split four or eight ways);
+  adapters: 45 us unsplit, 25 us split four ways);
 - expand parallelises over output-column tiles, enough of them that even T=1 fills the GPU; wide
   tiles (256 or 512 columns) and a rank block of 16 for rank <= 16 (the same H200 sweep: gate/up
   with 64 distinct adapters 75 us at 128 x 32, 40 us at 512 x 16);
@@ -93,11 +93,13 @@ def shrink_config(
         block_k = min(256, max(16, next_pow2(in_features)))
         return ShrinkConfig(block_m, block_n, block_k, split_k=1)
     block_n = 16 if block_m == 16 else min(64, max(16, next_pow2(r_max)))
-    block_k = (128 if block_m == 16 else 64) // (2 if dtype_bytes == 4 else 1)
-    block_k = min(block_k, max(16, next_pow2(in_features)))
     # Count only programs that surely do work, one rank block per (row tile, slice): the split then
     # does not depend on r_max, so a rank-8 slot is split alike in a rank-64 and a rank-8 pool.
     live = _row_tiles_estimate(num_tokens, num_segments, block_m) * n_slices
+    # Decode tiles take 128 input features per load, 64 once the tiles alone fill the SMs (the
+    # sweep's fastest for qkv with 64 distinct adapters); prefill tiles 64.
+    block_k = 128 if block_m == 16 and live < sm_count else 64
+    block_k = min(block_k // (2 if dtype_bytes == 4 else 1), max(16, next_pow2(in_features)))
     split_k = 1
     if live < sm_count:
         split_k = next_pow2(cdiv(2 * sm_count, live))
