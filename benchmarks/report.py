@@ -216,6 +216,43 @@ def kernels_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _config(text: str) -> str:
+    """ "ShrinkConfig(block_m=16, block_n=16, block_k=64, split_k=4, ...)" -> "k64 split4 w4"."""
+    fields = dict(re.findall(r"(\w+)=(\d+)", text))
+    if "split_k" in fields:
+        return f"k{fields['block_k']} split{fields['split_k']} w{fields['num_warps']}"
+    return f"n{fields['block_n']} k{fields['block_k']} w{fields['num_warps']}"
+
+
+def blocks_section(report: dict[str, Any]) -> list[str]:
+    meta = report["meta"]
+    lines = [
+        f"### LoRA kernel block sweep ({meta['device_name']})",
+        "",
+        "Decode-like steps at rank 16, bfloat16: shrink and expand timed apart for each block config, "
+        "as the kernel benchmark times them. The default column is the config the kernels picked when "
+        "the sweep ran; the decode rules of `kernels/lora_tuning.py` now follow the fastest ones.",
+        "",
+        "| projection | tokens (adapters) | base matmul (us) | shrink: default -> fastest swept (us) | "
+        "expand: default -> fastest swept (us) |",
+        "|---|---|---:|---|---|",
+    ]
+    for case in report["cases"]:
+        shrink, expand = case["shrink_best"][0], case["expand_best"][0]
+        lines.append(
+            f"| {case['projection']} | {case['tokens']} ({case['distinct_adapters']:g}) | "
+            f"{case['base_matmul_us']:.1f} | {case['shrink_default'][0]:.1f} -> {shrink[0]:.1f} "
+            f"({_config(shrink[1])}) | {case['expand_default'][0]:.1f} -> {expand[0]:.1f} ({_config(expand[1])}) |"
+        )
+    lines += [
+        "",
+        f"{meta['device_name']}; torch {meta['torch']}, triton {meta['triton']}; "
+        f"{meta['date'][:16].replace('T', ' ')} UTC; commit `{meta['git_commit'][:7]}`. "
+        "Reproduce: `python benchmarks/sweep_lora_blocks.py`.",
+    ]
+    return lines
+
+
 def render() -> str:
     sections = [
         ("engine_vs_transformers_cpu.json", engine_section),
@@ -226,6 +263,11 @@ def render() -> str:
         *(
             (path.name, kernels_section)
             for path in sorted(RESULTS.glob("lora_kernels_*.json"))
+            if not path.stem.endswith("-smoke")
+        ),
+        *(
+            (path.name, blocks_section)
+            for path in sorted(RESULTS.glob("lora_blocks_*.json"))
             if not path.stem.endswith("-smoke")
         ),
     ]

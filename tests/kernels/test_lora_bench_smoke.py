@@ -37,3 +37,27 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
             assert row[key] >= 0, key
         assert row["rel_err_vs_loop"] < 5e-2, row  # loraplex and the cuBLAS loop agree
     assert result["rank_pool"] and all(r["ratio"] > 0 for r in result["rank_pool"])
+
+
+SWEEP = SCRIPT.parent / "sweep_lora_blocks.py"
+
+
+def test_block_sweep_smoke(tmp_path: Path) -> None:
+    """The block sweep runs and records, per case, the chosen config and the fastest ones, in order."""
+    out = tmp_path / "lora_blocks_smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(SWEEP), "--smoke", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {"date", "git_commit", "device_name", "rank"} <= set(result["meta"])
+    (case,) = result["cases"]
+    assert case["projection"] == "qkv" and case["distinct_adapters"] == 8
+    for kernel in ("shrink", "expand"):
+        times = [us for us, _ in case[f"{kernel}_best"]]
+        assert times == sorted(times) and all(us > 0 for us in times)
+        assert case[f"{kernel}_default"][0] > 0 and "Config(" in case[f"{kernel}_default"][1]
+    assert len(case["shrink_best"]) == 2  # split 1 and 2
