@@ -23,8 +23,6 @@ from .schemas import (
     Details,
     GenerateRequest,
     PrefillToken,
-    StreamDetails,
-    StreamResponse,
     Token,
     TokenizeRequest,
 )
@@ -156,6 +154,28 @@ async def generate_response(http_request: Request, body: GenerateRequest) -> tup
     return payload, _headers(jobs[best], chosen, started)
 
 
+def stream_event(tokenizer, body: GenerateRequest, job: Job, output: RequestOutput) -> dict:
+    """The SSE payload of one streamed token: what `_prune(StreamResponse(...).model_dump())` gives,
+    built as a plain dict, since it runs on the event loop once per token of every stream."""
+    token = output.token
+    payload = {"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special}
+    if token.top is not None:
+        payload["alternative_tokens"] = [
+            {"id": i, "text": tokenizer.decode([i]), "logprob": logprob} for i, logprob in token.top
+        ]
+    event = {"token": payload, "generated_text": None, "details": None}
+    if output.finished:
+        event["generated_text"] = _text(body, output)
+        if body.parameters.details:
+            event["details"] = {
+                "finish_reason": output.finish_reason.value,
+                "prompt_tokens": output.prompt_tokens,
+                "generated_tokens": output.generated_tokens,
+                "seed": _seed(job, output),
+            }
+    return event
+
+
 def sse(payload: dict) -> str:
     return f"data:{json.dumps(payload, separators=(',', ':'))}\n\n"
 
@@ -167,17 +187,7 @@ async def stream_events(http_request: Request, body: GenerateRequest, job: Job) 
     try:
         async for output in generator.outputs(job):
             tokens = output.prompt_tokens + output.generated_tokens
-            event = StreamResponse(token=_token(tokenizer, output.token))
-            if output.finished:
-                event.generated_text = _text(body, output)
-                if body.parameters.details:
-                    event.details = StreamDetails(
-                        finish_reason=output.finish_reason.value,
-                        prompt_tokens=output.prompt_tokens,
-                        generated_tokens=output.generated_tokens,
-                        seed=_seed(job, output),
-                    )
-            yield sse(_prune(event.model_dump()))
+            yield sse(stream_event(tokenizer, body, job, output))
     except ApiError as error:
         generator.metrics.count(job.adapter_id, error.error_type)
         yield sse(error.body())
