@@ -14,6 +14,7 @@ from loraplex.server.engine import Engine
 from loraplex.server.request import RequestOutput, SamplingParams
 
 from .errors import OVERLOADED, UNAVAILABLE, ApiError
+from .mailbox import OutputMailbox
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class EngineClient:
         self.in_flight = 0
         self._lock = threading.Lock()
         self.loaded = asyncio.Event()
+        self._mailbox: OutputMailbox | None = None
 
     @property
     def status(self) -> Status:
@@ -88,10 +90,13 @@ class EngineClient:
         """Submit a request and yield its outputs; leaving early (client gone) aborts it in the engine."""
         engine = self.ready_engine()
         loop = asyncio.get_running_loop()
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = OutputMailbox(loop)
+        mailbox = self._mailbox
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
         def deliver(output: RequestOutput) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, output)
+            mailbox.post(queue, output)
 
         request = engine.make_request(prompt_ids, params, sink=deliver, adapter=adapter)
         engine.submit(request)
