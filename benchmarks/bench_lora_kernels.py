@@ -41,13 +41,14 @@ from loraplex.kernels import add_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = ("distinct", "uniform", "skewed", "identical")
+LLAMA3_8B_PROJECTIONS = {
+    "qkv": (4096, (4096, 1024, 1024)),
+    "o": (4096, (4096,)),
+    "gate_up": (4096, (14336, 14336)),
+    "down": (14336, (4096,)),
+}
 FULL = {
-    "projections": {
-        "qkv": (4096, (4096, 1024, 1024)),
-        "o": (4096, (4096,)),
-        "gate_up": (4096, (14336, 14336)),
-        "down": (14336, (4096,)),
-    },
+    "projections": LLAMA3_8B_PROJECTIONS,
     "ranks": (8, 16, 64),
     "batches": (1, 8, 32, 64, 256),
     "pool_slots": 256,
@@ -427,17 +428,34 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gpu_script_args(argv: list[str] | None, description: str, prefix: str) -> argparse.Namespace:
+    """--smoke, --device, --out of a GPU kernel script (`prefix`: its results file's name); the full
+    run refuses a device other than CUDA."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, few iterations (CPU is fine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--out", type=Path, help="JSON path (default benchmarks/results/lora_kernels_<device>.json)"
+        "--out", type=Path, help=f"JSON path (default benchmarks/results/{prefix}_<device>.json)"
     )
     args = parser.parse_args(argv)
+    if torch.device(args.device).type != "cuda" and not args.smoke:
+        parser.error("the full run needs a CUDA device; use --smoke on CPU")
+    return args
+
+
+def write_result(result: dict, args: argparse.Namespace, prefix: str) -> Path:
+    """Write `result` to --out, or to benchmarks/results/<prefix>_<device name>[-smoke].json."""
+    meta = result["meta"]
+    name = slug(meta.get("device_name") or meta["device"]) + ("-smoke" if args.smoke else "")
+    out = args.out or ROOT / "benchmarks" / "results" / f"{prefix}_{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = gpu_script_args(argv, __doc__.splitlines()[0], "lora_kernels")
     device = torch.device(args.device)
-    if device.type != "cuda" and not args.smoke:
-        parser.error("the full benchmark needs a CUDA device; use --smoke on CPU")
     cfg = SMOKE if args.smoke else FULL
     dtype = torch.bfloat16
     torch.manual_seed(0)
@@ -465,10 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
         "rank_pool": rank_rows,
     }
-    name = slug(info.get("device_name") or device.type) + ("-smoke" if args.smoke else "")
-    out = args.out or ROOT / "benchmarks" / "results" / f"lora_kernels_{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(result, args, "lora_kernels")
     for goal, value in result["goals"].items():
         print(f"goal {goal}: worst {value['worst']} (goal {value['goal']}) met={value['met']}")
     print(f"wrote {out} in {result['meta']['seconds']} s")

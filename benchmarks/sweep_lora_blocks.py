@@ -14,9 +14,7 @@ and the four fastest configs of each case.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lora_kernels import ROOT, Pool, Timer, make_steps, provenance, slug  # noqa: E402
+from bench_lora_kernels import (  # noqa: E402
+    LLAMA3_8B_PROJECTIONS,
+    Pool,
+    Timer,
+    gpu_script_args,
+    make_steps,
+    provenance,
+    write_result,
+)
 
 from loraplex.kernels.lora_tuning import (  # noqa: E402
     ExpandConfig,
@@ -35,12 +41,7 @@ from loraplex.kernels.lora_tuning import (  # noqa: E402
 )
 
 FULL = {
-    "projections": {
-        "qkv": (4096, (4096, 1024, 1024)),
-        "o": (4096, (4096,)),
-        "gate_up": (4096, (14336, 14336)),
-        "down": (14336, (4096,)),
-    },
+    "projections": LLAMA3_8B_PROJECTIONS,
     "cases": ((64, "distinct"), (64, "uniform"), (8, "distinct")),
     "shrink": {"block_k": (64, 128, 256), "split_k": (1, 2, 4, 8, 16), "num_warps": (2, 4)},
     "expand": {"block_n": (64, 128, 256, 512), "block_k": (16, 32), "num_warps": (2, 4, 8)},
@@ -123,16 +124,8 @@ def sweep_case(name, spec, tokens, regime, cfg, timer, device, dtype, sm_count) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, two configs (CPU is fine)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--out", type=Path, help="JSON path (default benchmarks/results/lora_blocks_<device>.json)"
-    )
-    args = parser.parse_args(argv)
+    args = gpu_script_args(argv, __doc__.splitlines()[0], "lora_blocks")
     device = torch.device(args.device)
-    if device.type != "cuda" and not args.smoke:
-        parser.error("the full sweep needs a CUDA device; use --smoke on CPU")
     cfg = SMOKE if args.smoke else FULL
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sm_count = num_sms(device.index or 0) if device.type == "cuda" else None
@@ -151,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     result = {"meta": info | {"seconds": round(time.perf_counter() - started, 1)}, "cases": cases}
-    name = slug(info.get("device_name") or device.type) + ("-smoke" if args.smoke else "")
-    out = args.out or ROOT / "benchmarks" / "results" / f"lora_blocks_{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(result, args, "lora_blocks")
     print(f"wrote {out} in {result['meta']['seconds']} s")
     return 0
 

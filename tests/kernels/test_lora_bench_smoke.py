@@ -10,16 +10,20 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_lora_kernels.py"
 
 
-def test_benchmark_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "lora_kernels_smoke.json"
+def run_smoke(script: Path, out: Path) -> dict:
+    """Run `script --smoke` on the CPU; its JSON result."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--out", str(out)],
+        [sys.executable, str(script), "--smoke", "--device", "cpu", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_benchmark_smoke(tmp_path: Path) -> None:
+    result = run_smoke(SCRIPT, tmp_path / "lora_kernels_smoke.json")
     meta = result["meta"]
     for key in ("date", "git_commit", "machine", "torch", "triton", "device_name", "dtype"):
         assert key in meta
@@ -44,15 +48,7 @@ SWEEP = SCRIPT.parent / "sweep_lora_blocks.py"
 
 def test_block_sweep_smoke(tmp_path: Path) -> None:
     """The block sweep runs and records, per case, the chosen config and the fastest ones, in order."""
-    out = tmp_path / "lora_blocks_smoke.json"
-    proc = subprocess.run(
-        [sys.executable, str(SWEEP), "--smoke", "--device", "cpu", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_smoke(SWEEP, tmp_path / "lora_blocks_smoke.json")
     assert {"date", "git_commit", "device_name", "rank"} <= set(result["meta"])
     (case,) = result["cases"]
     assert case["projection"] == "qkv" and case["distinct_adapters"] == 8
