@@ -360,18 +360,17 @@ def _warm_up_lora_kernels(slots: AdapterSlots, max_tokens: int, max_segments: in
     from loraplex.kernels.lora_warmup import warm_up
 
     launches = 0
-    for (layer, group), lora_a in slots.a.items():
-        if layer == 0:
-            key = (layer, group)
-            launches += warm_up(
-                lora_a,
-                slots.b[key],
-                slots.ranks[key],
-                slots.scaling[key],
-                slots.slice_offsets[group],
-                max_tokens,
-                max_segments,
-            )
+    for group, offsets in slots.slice_offsets.items():
+        key = (0, group)  # every layer's buffers of a group have the same shapes and layout
+        launches += warm_up(
+            slots.a[key],
+            slots.b[key],
+            slots.ranks[key],
+            slots.scaling[key],
+            offsets,
+            max_tokens,
+            max_segments,
+        )
     return launches
 
 
