@@ -6,6 +6,7 @@ The engine batches them on CUDA; here the same path is switched on for the CPU e
 import pytest
 
 from loraplex.server.models.attention import group_by_length
+from loraplex.server.request import SamplingParams
 
 from .conftest import ARCHITECTURES
 from .reference import assert_matches_reference, capture_logits
@@ -21,18 +22,25 @@ def test_groups_bound_the_padding():
 
 
 def grouped_engine(model_dir, **overrides):
+    """An engine with grouped prefill on, recording (B, L, real tokens, the rows' start positions) of
+    every group, and how many steps held a continuation chunk beside other prefill chunks."""
     engine = make_engine(model_dir, **overrides)
     engine.runner.batch_prefill = True
-    groups: list[tuple[int, int, int]] = []
+    groups: list[tuple[int, int, int, list[int]]] = []
+    mixed_steps = []
     prepare = engine.runner.prepare
 
     def recording_prepare(batch):
         inputs = prepare(batch)
-        rows = inputs.attention.prefill_groups
-        groups.extend((g.batch, g.length, g.valid.numel()) for g in rows)
+        starts = [row.start for row in batch.rows if row.num_tokens > 1]
+        if len(starts) > 1 and any(starts):
+            mixed_steps.append(starts)
+        for g in inputs.attention.prefill_groups:
+            groups.append((g.batch, g.length, g.valid.numel(), [batch.rows[r].start for r in g.rows]))
         return inputs
 
     engine.runner.prepare = recording_prepare
+    engine.mixed_prefill_steps = mixed_steps
     return engine, groups
 
 
@@ -45,17 +53,24 @@ def test_grouped_prefill_matches_transformers(arch, model_dirs, references):
     requests = [greedy_request(engine, text, 5, f"r{i}") for i, text in enumerate(texts)]
     engine.generate(requests)
     assert groups, "no prefill group was formed"
-    assert any(valid < batch * length for batch, length, valid in groups), "no group was padded"
+    assert any(valid < batch * length for batch, length, valid, _ in groups), "no group was padded"
     for request in requests:
         assert_matches_reference(references[arch], request, records)
 
 
 def test_chunks_with_cached_context_are_not_grouped(model_dirs, references):
-    """With 7-token chunks, only first chunks (position 0) are grouped; later ones attend the cache."""
+    """21-token prompts, 14 tokens a step: a step holds a prompt's last 7 tokens (from position 14) and the
+    next prompt's first 7, equal lengths; only the first chunk may join a group, the later one attends
+    the cache."""
     engine, groups = grouped_engine(model_dirs["llama"], max_batch_prefill_tokens=14)
     records = capture_logits(engine)
-    requests = [greedy_request(engine, text, 4, f"r{i}") for i, text in enumerate(PROMPTS)]
+    params = SamplingParams(max_new_tokens=4, ignore_eos_token=True)
+    requests = []
+    for i, text in enumerate(PROMPTS[:4]):
+        ids = (engine.tokenizer(text * 8).input_ids * 2)[:21]
+        requests.append(engine.make_request(ids, params, request_id=f"r{i}"))
     engine.generate(requests)
-    assert groups
+    assert [14, 0] in engine.mixed_prefill_steps, "no step held a later chunk beside a first chunk"
+    assert all(start == 0 for *_, starts in groups for start in starts)
     for request in requests:
         assert_matches_reference(references["llama"], request, records)
