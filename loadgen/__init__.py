@@ -1,6 +1,7 @@
 """loraplex.loadgen: a load generator for multi-LoRA servers, and the numbers it reports.
 
 workload:  WorkloadSpec -> build_workload -> [RequestSpec]   (popularity, arrivals, lengths)
+dataset:   load_dataset(path, url, ...) -> Dataset          (prompts from a file, counted by the server)
 runner:    run(url, requests, arrivals) -> RunOutcome        (streams, timestamps every token)
 stats:     summarize(results) -> throughput, TTFT, ITL, TPOT, e2e percentiles, SLO attainment
 report:    run_record / write_report (JSON with environment), plots: plot_all (PNG)
@@ -8,6 +9,7 @@ cli:       `loraplex bench` (main, add_arguments)
 """
 
 from .arrivals import Arrivals, gamma_arrival_times, gamma_intervals
+from .dataset import Dataset, DatasetPrompt, load_dataset, read_entries
 from .lengths import LengthDist
 from .popularity import REGIMES, assign_indices, power_law_probabilities, zipf_probabilities
 from .report import environment, run_record, write_report
@@ -19,6 +21,8 @@ from .workload import RequestSpec, WorkloadSpec, build_workload
 __all__ = [
     "REGIMES",
     "Arrivals",
+    "Dataset",
+    "DatasetPrompt",
     "LengthDist",
     "RequestResult",
     "RequestSpec",
@@ -29,9 +33,11 @@ __all__ = [
     "environment",
     "gamma_arrival_times",
     "gamma_intervals",
+    "load_dataset",
     "measure",
     "percentile",
     "power_law_probabilities",
+    "read_entries",
     "run",
     "run_async",
     "run_record",

@@ -4,17 +4,21 @@
         --num-requests 128 --prompt-len 16:64 --output-len 32:64 --concurrency 32 --out result.json
 
 One run per adapter count (the first N names of the pool), plus one with the base model alone unless
---no-base; every run sends the same prompts with the same lengths and arrivals.
+--no-base; every run sends the same prompts with the same lengths and arrivals. With --dataset FILE the
+prompts come from FILE (JSON Lines, JSON or ShareGPT; see `loraplex.loadgen.dataset`), counted by the
+server's /tokenize.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
 
 from .arrivals import Arrivals
+from .dataset import load_dataset
 from .lengths import LengthDist
 from .popularity import REGIMES
 from .report import environment, summary_table, write_report
@@ -48,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--vocab", type=_vocab, default=(3, 32000), help="prompt word ids LOW:HIGH")
     load.add_argument("--word", default="w{}", help="how a prompt word is written from its id")
+    load.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="prompts from a JSON Lines, JSON or ShareGPT file instead of synthetic words; its output "
+        "lengths (or reference answers' token counts) where it has them, else --output-len",
+    )
     adapters = parser.add_argument_group("adapters")
     adapters.add_argument(
         "--popularity",
@@ -95,6 +106,7 @@ def _pool(args: argparse.Namespace) -> list[str]:
 def run_from_args(args: argparse.Namespace) -> dict:
     """Run what the options describe and return the report (also written/plotted if asked)."""
     pool = _pool(args)
+    info = server_info(args.url)
     counts = args.adapter_counts or ([len(pool)] if pool and args.popularity != "base" else [])
     spec = WorkloadSpec(
         num_requests=args.num_requests,
@@ -107,7 +119,9 @@ def run_from_args(args: argparse.Namespace) -> dict:
         vocab=args.vocab,
         word=args.word,
     )
-    info = server_info(args.url)
+    if args.dataset is not None:
+        dataset = load_dataset(args.dataset, args.url, args.num_requests, args.seed, info)
+        spec = dataclasses.replace(spec, dataset=dataset)
     runs = sweep(
         args.url,
         spec,

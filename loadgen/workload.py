@@ -4,6 +4,9 @@ Prompts are words "w<id>" with ids uniform over `vocab`: for the benchmark model
 tokenizer each word is exactly one token (token id = the number), so a prompt of k words is k tokens.
 Other tokenizers split them differently; the server reports the real count.
 
+With a `dataset` (`loadgen.dataset`), its prompts are sent instead, in its order, with its output
+lengths where it has them (the `output_len` distribution fills in the rest).
+
 Every random part draws from its own stream of the seed, so changing the popularity or the arrivals
 leaves the prompts and lengths as they were: runs at 1, 4, 16 or 64 adapters send the same prompts.
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arrivals import Arrivals
+from .dataset import Dataset
 from .lengths import LengthDist
 from .popularity import assign_indices
 
@@ -51,20 +55,29 @@ class WorkloadSpec:
     seed: int = 0
     vocab: tuple[int, int] = (3, 32000)
     word: str = "w{}"
+    dataset: Dataset | None = None
 
     def describe(self) -> dict:
         """The JSON form recorded with every result."""
+        prompt_len, output_len, vocab = str(self.prompt_len), str(self.output_len), list(self.vocab)
+        if self.dataset is not None:
+            prompt_len, vocab = "dataset", None
+            if all(p.output_len is not None for p in self.dataset.prompts[: self.num_requests]):
+                output_len = "dataset"
+            else:
+                output_len = f"dataset, else {self.output_len}"
         return {
             "num_requests": self.num_requests,
-            "prompt_len": str(self.prompt_len),
-            "output_len": str(self.output_len),
+            "prompt_len": prompt_len,
+            "output_len": output_len,
             "popularity": self.popularity,
             "alpha": self.alpha if self.popularity == "powerlaw" else None,
             "adapter_pool": len(self.adapters),
             "arrivals": self.arrivals.describe(),
             "seed": self.seed,
-            "prompt_vocab": list(self.vocab),
+            "prompt_vocab": vocab,
             "ignore_eos_token": True,
+            **({"dataset": self.dataset.describe()} if self.dataset is not None else {}),
         }
 
 
@@ -75,10 +88,18 @@ def _stream(seed: int, part: int) -> np.random.Generator:
 def build_workload(spec: WorkloadSpec) -> list[RequestSpec]:
     """The requests of `spec`, in send order (identical for identical specs)."""
     n = spec.num_requests
-    prompt_rng = _stream(spec.seed, _PROMPTS)
-    prompt_lens = spec.prompt_len.sample(n, prompt_rng)
-    prompts = [tuple(int(t) for t in prompt_rng.integers(*spec.vocab, size=k)) for k in prompt_lens]
     output_lens = spec.output_len.sample(n, _stream(spec.seed, _OUTPUTS))
+    if spec.dataset is None:
+        prompt_rng = _stream(spec.seed, _PROMPTS)
+        prompt_lens = spec.prompt_len.sample(n, prompt_rng)
+        prompts = [tuple(int(t) for t in prompt_rng.integers(*spec.vocab, size=k)) for k in prompt_lens]
+        texts = [" ".join(spec.word.format(t) for t in ids) for ids in prompts]
+    else:
+        chosen = spec.dataset.prompts[:n]
+        if len(chosen) < n:
+            raise ValueError(f"the dataset holds {len(chosen)} prompts, {n} requests asked for")
+        prompts, texts = [p.prompt_ids for p in chosen], [p.prompt for p in chosen]
+        output_lens = [p.output_len or drawn for p, drawn in zip(chosen, output_lens, strict=True)]
     indices = assign_indices(
         spec.popularity, n, len(spec.adapters), _stream(spec.seed, _ADAPTERS), spec.alpha
     )
@@ -86,7 +107,7 @@ def build_workload(spec: WorkloadSpec) -> list[RequestSpec]:
     return [
         RequestSpec(
             index=i,
-            prompt=" ".join(spec.word.format(t) for t in prompts[i]),
+            prompt=texts[i],
             prompt_ids=prompts[i],
             output_len=output_lens[i],
             adapter_id=None if indices[i] is None else spec.adapters[indices[i]],
