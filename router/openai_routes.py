@@ -72,7 +72,7 @@ def _jobs(
         presence_penalty=request.presence_penalty,
         seed=request.seed,
         stop=_stops(request.stop),
-        ignore_eos_token=request.ignore_eos_token,
+        ignore_eos_token=request.ignore_eos_token or request.ignore_eos,
         return_k_alternatives=top_n or None,
         decoder_input_details=prompt_logprobs,
     )

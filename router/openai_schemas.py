@@ -12,7 +12,8 @@ class StreamOptions(BaseModel):
 
 
 class _Common(BaseModel):
-    """Fields both routes share, plus the extras loraplex accepts (adapter_source, top_k, repetition_penalty)."""
+    """Fields both routes share, plus the extras loraplex accepts (adapter_source, top_k, repetition_penalty,
+    ignore_eos_token, and vLLM's name for it, ignore_eos)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -32,6 +33,7 @@ class _Common(BaseModel):
     top_k: int | None = None
     repetition_penalty: float | None = None
     ignore_eos_token: bool = False
+    ignore_eos: bool = False
 
 
 class CompletionRequest(_Common):

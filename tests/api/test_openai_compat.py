@@ -91,6 +91,39 @@ def test_completion_stream_with_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
 
 
+@pytest.mark.parametrize("route", ["completions", "chat"])
+def test_vllm_ignore_eos_keeps_generating_past_eos(client, server, route):
+    """vLLM's `ignore_eos` (what its serving benchmark sends) works as `ignore_eos_token` does."""
+
+    def create(max_tokens: int, **extra):
+        if route == "completions":
+            result = client.completions.create(
+                model="", prompt="Hello", max_tokens=max_tokens, temperature=0, extra_body=extra
+            )
+            return result.choices[0].finish_reason, result.usage.completion_tokens
+        result = client.chat.completions.create(
+            model="",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=max_tokens,
+            temperature=0,
+            extra_body=extra,
+        )
+        return result.choices[0].finish_reason, result.usage.completion_tokens
+
+    scheduler = server.engine.scheduler
+    server.wait_idle()
+    saved = scheduler.eos_token_ids
+    try:
+        # Every token is EOS: a plain request stops at its first token, an ignoring one runs to length.
+        scheduler.eos_token_ids = frozenset(range(server.engine.info.vocab_size))
+        reason, tokens = create(8)
+        assert reason == "stop" and tokens <= 1
+        assert create(8, ignore_eos=True) == ("length", 8)
+        assert create(8, ignore_eos_token=True) == ("length", 8)
+    finally:
+        scheduler.eos_token_ids = saved
+
+
 def test_completion_echo_logprobs_and_n(client, server):
     result = client.completions.create(
         model="", prompt="Hello world", max_tokens=4, temperature=0.8, seed=5, n=3, logprobs=2, echo=True
