@@ -3,11 +3,13 @@
 workload:  WorkloadSpec -> build_workload -> [RequestSpec]   (popularity, arrivals, lengths)
 dataset:   load_dataset(path, url, ...) -> Dataset          (prompts from a file, counted by the server)
 runner:    run(url, requests, arrivals) -> RunOutcome        (streams, timestamps every token)
+apis:      LORAX (/generate_stream), OpenAIApi (/v1/completions): bodies and stream events
 stats:     summarize(results) -> throughput, TTFT, ITL, TPOT, e2e percentiles, SLO attainment
 report:    run_record / write_report (JSON with environment), plots: plot_all (PNG)
 cli:       `loraplex bench` (main, add_arguments)
 """
 
+from .apis import LORAX, OpenAIApi, make_api
 from .arrivals import Arrivals, gamma_arrival_times, gamma_intervals
 from .dataset import Dataset, DatasetPrompt, load_dataset, read_entries
 from .lengths import LengthDist
@@ -19,11 +21,13 @@ from .sweep import measure, sweep
 from .workload import RequestSpec, WorkloadSpec, build_workload
 
 __all__ = [
+    "LORAX",
     "REGIMES",
     "Arrivals",
     "Dataset",
     "DatasetPrompt",
     "LengthDist",
+    "OpenAIApi",
     "RequestResult",
     "RequestSpec",
     "RunOutcome",
@@ -34,6 +38,7 @@ __all__ = [
     "gamma_arrival_times",
     "gamma_intervals",
     "load_dataset",
+    "make_api",
     "measure",
     "percentile",
     "power_law_probabilities",

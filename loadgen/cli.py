@@ -17,6 +17,7 @@ import math
 import sys
 from pathlib import Path
 
+from .apis import API_NAMES, make_api, served_base_model
 from .arrivals import Arrivals
 from .dataset import load_dataset
 from .lengths import LengthDist
@@ -35,6 +36,19 @@ def _vocab(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `bench` options (shared by `loraplex bench` and `python -m loraplex.loadgen`)."""
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL")
+    parser.add_argument(
+        "--api",
+        choices=API_NAMES,
+        default="lorax",
+        help="lorax: POST /generate_stream (loraplex, LoRAX, TGI); openai: POST /v1/completions "
+        "(loraplex, vLLM), the adapter named by `model`",
+    )
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="`model` for base-model requests with --api openai (default: /info's model_id, else the "
+        "first of /v1/models)",
+    )
     load = parser.add_argument_group("workload")
     load.add_argument("--num-requests", type=int, default=128)
     load.add_argument(
@@ -122,6 +136,10 @@ def run_from_args(args: argparse.Namespace) -> dict:
     if args.dataset is not None:
         dataset = load_dataset(args.dataset, args.url, args.num_requests, args.seed, info)
         spec = dataclasses.replace(spec, dataset=dataset)
+    base_model = ""
+    if args.api == "openai":
+        base_model = args.base_model if args.base_model is not None else served_base_model(args.url, info)
+    api = make_api(args.api, base_model)
     runs = sweep(
         args.url,
         spec,
@@ -132,6 +150,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         progress=not args.no_progress,
         warm=not args.no_warmup,
         timeout=args.timeout,
+        api=api,
     )
     report = {
         "benchmark": "serving",
@@ -139,6 +158,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         "model": info.get("model_id", ""),
         "server": info,
         "workload": spec.describe(),
+        "api": {"name": api.name, "route": api.route, **({"base_model": base_model} if base_model else {})},
         "runs": runs,
     }
     if args.out:

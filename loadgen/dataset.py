@@ -136,14 +136,18 @@ def read_entries(path: Path) -> list[DatasetEntry]:
 
 
 def count_tokens(client: httpx.Client, url: str, text: str) -> list[int]:
-    """The token ids the server's tokenizer gives `text` (POST /tokenize, TGI's format)."""
+    """The token ids the server's tokenizer gives `text`: POST /tokenize, answered in TGI's format (a
+    list of {"id", ...}, loraplex and LoRAX) or vLLM's ({"tokens": [...]}); the body suits both."""
     try:
-        response = client.post(url + "/tokenize", json={"inputs": text})
+        response = client.post(url + "/tokenize", json={"inputs": text, "prompt": text})
     except httpx.HTTPError as error:
         raise RuntimeError(f"/tokenize at {url} failed: {error}") from None
     if response.status_code != 200:
         raise RuntimeError(f"/tokenize answered HTTP {response.status_code}: {response.text[:200]}")
-    return [token["id"] for token in response.json()]
+    answer = response.json()
+    if isinstance(answer, dict) and isinstance(answer.get("tokens"), list):
+        return [int(token) for token in answer["tokens"]]
+    return [token["id"] for token in answer]
 
 
 def usable(

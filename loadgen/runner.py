@@ -1,7 +1,7 @@
 """Send a workload to a server over HTTP, streaming every response and timestamping every token.
 
-The native LoRAX route is used: POST /generate_stream with `ignore_eos_token` so each request
-generates exactly its output length. Open loop: each request goes out at its send time whatever the
+By default LoRAX's native route (POST /generate_stream), or OpenAI's streaming completions
+(`loadgen.apis`), with EOS ignored so each request generates exactly its output length. Open loop: each request goes out at its send time whatever the
 server is doing. Closed loop: N clients each send their next request when the previous one ends.
 """
 
@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 import httpx
 
+from .apis import LORAX, LoraxApi, OpenAIApi
 from .arrivals import Arrivals
 from .stats import RequestResult
 from .workload import RequestSpec
+
+Api = LoraxApi | OpenAIApi
 
 
 @dataclass
@@ -28,19 +31,9 @@ class RunOutcome:
     wall_s: float
 
 
-def payload(request: RequestSpec, details: bool = True) -> dict:
-    """The /generate_stream body of a request (greedy, EOS ignored, exact length)."""
-    parameters: dict = {
-        "max_new_tokens": request.output_len,
-        "ignore_eos_token": True,
-        "details": details,
-    }
-    if request.adapter_id is not None:
-        parameters["adapter_id"] = request.adapter_id
-    return {"inputs": request.prompt, "parameters": parameters}
-
-
-async def stream_one(client: httpx.AsyncClient, url: str, request: RequestSpec) -> RequestResult:
+async def stream_one(
+    client: httpx.AsyncClient, url: str, request: RequestSpec, api: Api = LORAX
+) -> RequestResult:
     """Send one request and read its SSE stream; errors are recorded in the result, never raised."""
     result = RequestResult(
         index=request.index,
@@ -50,7 +43,7 @@ async def stream_one(client: httpx.AsyncClient, url: str, request: RequestSpec) 
         start=time.perf_counter(),
     )
     try:
-        async with client.stream("POST", url + "/generate_stream", json=payload(request)) as response:
+        async with client.stream("POST", url + api.route, json=api.body(request)) as response:
             if response.status_code != 200:
                 body = (await response.aread()).decode(errors="replace")
                 result.error = f"HTTP {response.status_code}: {body[:200]}"
@@ -59,17 +52,20 @@ async def stream_one(client: httpx.AsyncClient, url: str, request: RequestSpec) 
                 if not line.startswith("data:"):
                     continue
                 now = time.perf_counter()
-                event = json.loads(line[5:])
-                if "error" in event:
-                    result.error = f"{event.get('error_type', 'error')}: {event['error']}"
+                event = api.parse(line[5:].strip())
+                if event.error is not None:
+                    result.error = event.error
                     break
-                if event.get("token") is not None:
+                if event.done:
+                    break
+                if event.token:
                     result.token_times.append(now)
-                details = event.get("details")
-                if details:
-                    result.prompt_tokens = details.get("prompt_tokens")
-                    result.generated_tokens = details.get("generated_tokens")
-                    result.finish_reason = details.get("finish_reason")
+                if event.prompt_tokens is not None:
+                    result.prompt_tokens = event.prompt_tokens
+                if event.generated_tokens is not None:
+                    result.generated_tokens = event.generated_tokens
+                if event.finish_reason is not None:
+                    result.finish_reason = event.finish_reason
         result.end = time.perf_counter()
         if result.error is None and not result.token_times:
             result.error = "the stream ended without a token"
@@ -92,6 +88,7 @@ async def run_async(
     timeout: float = 600.0,
     progress: bool = True,
     description: str = "requests",
+    api: Api = LORAX,
 ) -> RunOutcome:
     """Run the workload against `url` (e.g. http://127.0.0.1:8080) and collect every request's timings."""
     url = url.rstrip("/")
@@ -102,7 +99,7 @@ async def run_async(
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout, connect=30.0)) as client:
 
         async def send(position: int, request: RequestSpec) -> None:
-            results[position] = await stream_one(client, url, request)
+            results[position] = await stream_one(client, url, request, api)
             bar.update(1)
 
         started = time.perf_counter()
@@ -136,15 +133,22 @@ def run(
     timeout: float = 600.0,
     progress: bool = True,
     description: str = "requests",
+    api: Api = LORAX,
 ) -> RunOutcome:
     """`run_async` from synchronous code."""
     return asyncio.run(
-        run_async(url, requests, arrivals, timeout=timeout, progress=progress, description=description)
+        run_async(
+            url, requests, arrivals, timeout=timeout, progress=progress, description=description, api=api
+        )
     )
 
 
 def warm_up(
-    url: str, adapter_ids: Sequence[str | None], concurrency: int = 16, timeout: float = 600.0
+    url: str,
+    adapter_ids: Sequence[str | None],
+    concurrency: int = 16,
+    timeout: float = 600.0,
+    api: Api = LORAX,
 ) -> None:
     """One short request per adapter (None: the base model), so loads happen before anything is timed.
 
@@ -154,7 +158,7 @@ def warm_up(
         RequestSpec(i, "w5 w6 w7 w8", (5, 6, 7, 8), 2, adapter_id, 0.0)
         for i, adapter_id in enumerate(adapter_ids)
     ]
-    outcome = run(url, specs, Arrivals(concurrency=concurrency), timeout=timeout, progress=False)
+    outcome = run(url, specs, Arrivals(concurrency=concurrency), timeout=timeout, progress=False, api=api)
     failed = [r for r in outcome.results if not r.ok]
     if failed:
         raise RuntimeError(f"warm-up failed for adapter {failed[0].adapter_id!r}: {failed[0].error}")

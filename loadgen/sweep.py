@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .arrivals import Arrivals
 from .report import run_record
-from .runner import run, warm_up
+from .runner import LORAX, Api, run, warm_up
 from .workload import WorkloadSpec, build_workload, distinct_adapters
 
 
@@ -21,6 +21,7 @@ def measure(
     progress: bool = True,
     warm: bool = True,
     timeout: float = 600.0,
+    api: Api = LORAX,
 ) -> dict:
     """Warm up, run the workload, return its record.
 
@@ -32,12 +33,12 @@ def measure(
     named = sorted({r.adapter_id for r in requests if r.adapter_id is not None})
     warm_started = time.perf_counter()
     if warm:
-        warm_up(url, named or [None], concurrency=64, timeout=timeout)
+        warm_up(url, named or [None], concurrency=64, timeout=timeout, api=api)
         in_flight = spec.arrivals.concurrency or 64  # open loop: a wave as large as the first warm-up
         wave = [dataclasses.replace(r, output_len=min(r.output_len, 2)) for r in requests[:in_flight]]
-        run(url, wave, Arrivals(concurrency=len(wave)), timeout=timeout, progress=False)
+        run(url, wave, Arrivals(concurrency=len(wave)), timeout=timeout, progress=False, api=api)
     warmup_s = time.perf_counter() - warm_started
-    outcome = run(url, requests, spec.arrivals, timeout=timeout, progress=progress, description=name)
+    outcome = run(url, requests, spec.arrivals, timeout=timeout, progress=progress, description=name, api=api)
     return run_record(
         name,
         system,
@@ -62,6 +63,7 @@ def sweep(
     progress: bool = True,
     warm: bool = True,
     timeout: float = 600.0,
+    api: Api = LORAX,
 ) -> list[dict]:
     """One run per adapter count (the first `count` ids of `pool`), then one with the base model only.
 
@@ -73,13 +75,23 @@ def sweep(
             raise ValueError(f"{count} adapters asked for, the pool has {len(pool)}")
         run_spec = dataclasses.replace(spec, adapters=tuple(pool[:count]))
         runs.append(
-            measure(url, run_spec, f"{system} {count} adapters", system, slo_ttft, progress, warm, timeout)
+            measure(
+                url, run_spec, f"{system} {count} adapters", system, slo_ttft, progress, warm, timeout, api
+            )
         )
     if include_base:
         base_spec = dataclasses.replace(spec, popularity="base", adapters=())
         runs.append(
             measure(
-                url, base_spec, f"{system} base model", f"{system} base", slo_ttft, progress, warm, timeout
+                url,
+                base_spec,
+                f"{system} base model",
+                f"{system} base",
+                slo_ttft,
+                progress,
+                warm,
+                timeout,
+                api,
             )
         )
     return runs
