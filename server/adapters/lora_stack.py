@@ -13,8 +13,11 @@ computes every short segment of a projection group with one gather, two bmm and 
 (`add_lora_stacked`). An adapter is copied in when a step first needs it and stays until its position
 is needed for another; in a steady decode batch the stack is reused step after step.
 
-Positions are handed out lowest first, so a step's bmm spans about as many positions as it has
-adapters. The stack holds at most `slots.num_slots` positions, as much host memory again as the slots
+Positions are handed out lowest first, and an adapter that sits above a position no step has wanted
+for COMPACT_AFTER_STEPS steps in a row is moved down into it (a copy of one adapter, against reading
+the hole's weights on every step): as requests finish and the batch thins out, a step's bmm still spans
+about as many positions as it has adapters. A position left for only one step (its request is
+prefilling, which runs on the plain path) is kept, so the adapter finds it again. The stack holds at most `slots.num_slots` positions, as much host memory again as the slots
 (CPU float32 only, where slots are host memory too).
 """
 
@@ -32,6 +35,8 @@ SHORT_SEGMENT_ROWS = 16
 # Steps in a row whose adapters need at most half the stack's rank before it is rebuilt at their rank
 # (zero padding costs bytes and arithmetic on every step; rebuilding costs one copy of each adapter).
 SHRINK_AFTER_STEPS = 8
+# Steps in a row a position's adapter must go unwanted before a higher adapter is moved into it.
+COMPACT_AFTER_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class LoraStack:
         self._holder: list[int | None] = []  # slot held at each position
         self._version: list[int] = []  # the slot's write version when it was copied
         self._position: dict[int, int] = {}
+        self._unwanted: list[int] = []  # steps in a row each position's holder went unwanted
         self._small_steps = 0
 
     def plan(self, segments: list[tuple[int, int, int]]) -> StackPlan:
@@ -69,7 +75,13 @@ class LoraStack:
         if rank > self.rank or self._small_steps >= SHRINK_AFTER_STEPS:
             self._allocate(self.capacity, rank)
             self._small_steps = 0
-        positions = [self._place(slot, wanted) for _, _, slot in segments]
+        placed = {slot: self._place(slot, wanted) for _, _, slot in segments}
+        self._unwanted = [
+            0 if holder in wanted else age + 1
+            for holder, age in zip(self._holder, self._unwanted, strict=True)
+        ]
+        self._compact(placed)
+        positions = [placed[slot] for _, _, slot in segments]
         n = max(positions) + 1
         width = max(end - begin for begin, end, _ in segments)
         rows = [segments[0][0]] * (n * width)
@@ -103,6 +115,35 @@ class LoraStack:
         self._position[slot] = position
         return position
 
+    def _compact(self, placed: dict[int, int]) -> None:
+        """Move the highest placed adapters down into positions unwanted for COMPACT_AFTER_STEPS steps."""
+        holes = [
+            p
+            for p in range(max(placed.values()))
+            if p not in placed.values()
+            and (self._holder[p] is None or self._unwanted[p] >= COMPACT_AFTER_STEPS)
+        ]
+        for slot, position in sorted(placed.items(), key=lambda item: -item[1]):
+            if not holes or holes[0] > position:
+                return
+            hole = holes.pop(0)
+            self._move(position, hole)
+            placed[slot] = hole
+
+    def _move(self, source: int, target: int) -> None:
+        """Copy position `source`'s adapter to `target` (evicting target's) and free `source`."""
+        for key, a in self.a.items():
+            a[target].copy_(a[source])
+            for b in self.b[key]:
+                b[target].copy_(b[source])
+        evicted, slot = self._holder[target], self._holder[source]
+        if evicted is not None:
+            del self._position[evicted]
+        self._holder[target], self._version[target] = slot, self._version[source]
+        self._holder[source], self._version[source] = None, -1
+        self._position[slot] = target
+        self._unwanted[target] = 0
+
     def _allocate(self, capacity: int, rank: int) -> None:
         """(Re)size every stack tensor; the contents survive growth in capacity, not in rank."""
         keep = rank == self.rank
@@ -120,8 +161,10 @@ class LoraStack:
         if keep:
             self._holder += [None] * (capacity - self.capacity)
             self._version += [-1] * (capacity - self.capacity)
+            self._unwanted += [0] * (capacity - self.capacity)
         else:
             self._holder, self._version, self._position = [None] * capacity, [-1] * capacity, {}
+            self._unwanted = [0] * capacity
         self.capacity, self.rank = capacity, rank
 
     def _copy_in(self, slot: int, position: int) -> None:

@@ -123,3 +123,33 @@ def test_stack_shrinks_back_after_steps_that_need_a_smaller_rank():
     assert stack.rank == 8
     check_step(slots, stack, [0, 2, 3], [0, 2], seed=9)  # the large one again: grows at once
     assert stack.rank == 32
+
+
+def test_adapters_move_down_into_positions_left_unwanted_and_a_one_step_absence_keeps_its_place():
+    slots = AdapterSlots(8, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
+    for slot in range(5):
+        slots.write(slot, random_adapter(slot, rank=4))
+    stack = LoraStack(slots)
+    copies = []
+    copy_in = stack._copy_in
+    stack._copy_in = lambda slot, position: (copies.append(slot), copy_in(slot, position))
+
+    check_step(slots, stack, [0, 1, 2, 3, 4], [0, 1, 2, 3])
+    assert [stack._position[s] for s in range(4)] == [0, 1, 2, 3]
+    # Slot 2 sits out one step (its request prefills on the plain path): nothing moves, a hole is masked.
+    batch = check_step(slots, stack, [0, 1, 2, 3], [0, 1, 3], seed=1)
+    assert batch.plan.n == 4 and batch.plan.mask is not None
+    copies.clear()
+    check_step(slots, stack, [0, 1, 2, 3, 4], [0, 1, 2, 3], seed=2)
+    assert copies == [] and stack._position[2] == 2
+    # Slots 0 and 1 finish: their positions are holes for one step, then 3 and 2 move into them.
+    batch = check_step(slots, stack, [0, 1, 2], [2, 3], seed=3)
+    assert batch.plan.n == 4
+    for step in range(lora_stack.COMPACT_AFTER_STEPS - 1):
+        batch = check_step(slots, stack, [0, 1, 2], [2, 3], seed=4 + step)
+    assert batch.plan.n == 2 and batch.plan.mask is None
+    assert {stack._position[2], stack._position[3]} == {0, 1} and copies == []
+    assert 0 not in stack._position and 1 not in stack._position
+    # A new adapter takes the lowest free position; the moved ones stay put.
+    check_step(slots, stack, [0, 1, 2, 3], [2, 3, 4], seed=9)
+    assert copies == [4] and stack._position[4] == 2 and stack._holder[3] is None
