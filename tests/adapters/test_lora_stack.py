@@ -58,6 +58,14 @@ def check_step(slots, stack, starts, slot_ids, seed=0):
     return batch
 
 
+def record_copies(stack: LoraStack) -> list[int]:
+    """The slots `stack` copies in from here on, in order."""
+    copies = []
+    copy_in = stack._copy_in
+    stack._copy_in = lambda slot, position: (copies.append(slot), copy_in(slot, position))
+    return copies
+
+
 def test_short_segments_go_through_the_stack_and_match_the_reference(monkeypatch):
     slots = AdapterSlots(8, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
     slots.write(0, random_adapter(0, rank=4))
@@ -78,9 +86,7 @@ def test_stack_is_reused_until_a_slot_is_rewritten_and_grows_in_rank_and_capacit
     for slot in range(6):
         slots.write(slot, random_adapter(slot, rank=4))
     stack = LoraStack(slots)
-    copies = []
-    copy_in = stack._copy_in
-    stack._copy_in = lambda slot, position: (copies.append(slot), copy_in(slot, position))
+    copies = record_copies(stack)
 
     check_step(slots, stack, [0, 1, 2], [0, 1])
     assert sorted(copies) == [0, 1] and stack.capacity == 4
@@ -130,9 +136,7 @@ def test_adapters_move_down_into_positions_left_unwanted_and_a_one_step_absence_
     for slot in range(5):
         slots.write(slot, random_adapter(slot, rank=4))
     stack = LoraStack(slots)
-    copies = []
-    copy_in = stack._copy_in
-    stack._copy_in = lambda slot, position: (copies.append(slot), copy_in(slot, position))
+    copies = record_copies(stack)
 
     check_step(slots, stack, [0, 1, 2, 3, 4], [0, 1, 2, 3])
     assert [stack._position[s] for s in range(4)] == [0, 1, 2, 3]
