@@ -4,7 +4,7 @@ workload:  WorkloadSpec -> build_workload -> [RequestSpec]   (popularity, arriva
 dataset:   load_dataset(path, url, ...) -> Dataset          (prompts from a file, counted by the server)
 runner:    run(url, requests, arrivals) -> RunOutcome        (streams, timestamps every token)
 apis:      LORAX (/generate_stream), OpenAIApi (/v1/completions): bodies and stream events
-stats:     summarize(results) -> throughput, TTFT, ITL, TPOT, e2e percentiles, SLO attainment
+stats:     summarize(results, slo) -> throughput, TTFT, ITL, TPOT, e2e percentiles, SLO attainment, goodput
 report:    run_record / write_report (JSON with environment), plots: plot_all (PNG)
 cli:       `loraplex bench` (main, add_arguments)
 """
@@ -16,7 +16,7 @@ from .lengths import LengthDist
 from .popularity import REGIMES, assign_indices, power_law_probabilities, zipf_probabilities
 from .report import environment, run_record, write_report
 from .runner import RunOutcome, run, run_async, warm_up
-from .stats import RequestResult, percentile, slo_attainment, summarize
+from .stats import RequestResult, Slo, percentile, slo_attainment, summarize
 from .sweep import measure, sweep
 from .workload import RequestSpec, WorkloadSpec, build_workload
 
@@ -31,6 +31,7 @@ __all__ = [
     "RequestResult",
     "RequestSpec",
     "RunOutcome",
+    "Slo",
     "WorkloadSpec",
     "assign_indices",
     "build_workload",

@@ -24,6 +24,7 @@ from .lengths import LengthDist
 from .popularity import REGIMES
 from .report import environment, summary_table, write_report
 from .runner import server_info
+from .stats import Slo
 from .sweep import sweep
 from .workload import WorkloadSpec
 
@@ -101,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arrival.add_argument("--concurrency", type=int, default=None, help="closed loop with N clients")
     out = parser.add_argument_group("output")
     out.add_argument("--slo-ttft", type=float, default=1.0, help="TTFT bound (s) for SLO attainment")
+    out.add_argument("--slo-tpot", type=float, default=None, help="TPOT bound (s), also required")
+    out.add_argument("--slo-e2e", type=float, default=None, help="end-to-end bound (s), also required")
     out.add_argument("--out", type=Path, default=None, help="JSON report path")
     out.add_argument("--plot-prefix", type=Path, default=None, help="write <prefix>_*.png")
     out.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
@@ -146,7 +149,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         pool,
         counts,
         include_base=not args.no_base,
-        slo_ttft=args.slo_ttft,
+        slo=Slo(args.slo_ttft, args.slo_tpot, args.slo_e2e),
         progress=not args.no_progress,
         warm=not args.no_warmup,
         timeout=args.timeout,

@@ -17,7 +17,7 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from .stats import RequestResult, percentile, summarize
+from .stats import RequestResult, Slo, percentile, summarize
 
 
 def environment(device: str = "cpu") -> dict:
@@ -46,7 +46,7 @@ def run_record(
     name: str,
     system: str,
     results: Sequence[RequestResult],
-    slo_ttft: float | None = None,
+    slo: Slo | float | None = None,
     duration: float | None = None,
     **extra,
 ) -> dict:
@@ -56,7 +56,7 @@ def run_record(
         "name": name,
         "system": system,
         **extra,
-        "summary": summarize(results, slo_ttft, duration),
+        "summary": summarize(results, slo, duration),
         "cdf": {
             "ttft_s": quantiles([r.ttft for r in ok]),
             "itl_s": quantiles([gap for r in ok for gap in r.itls]),
@@ -86,14 +86,19 @@ def write_report(path: Path, report: dict) -> Path:
 
 def summary_table(runs: Sequence[dict]) -> str:
     """A plain-text table of the runs for the terminal."""
-    header = f"{'run':<28} {'ok':>5} {'tok/s':>9} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'e2e p99':>8}"
+    header = (
+        f"{'run':<28} {'ok':>5} {'tok/s':>9} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} "
+        f"{'e2e p99':>8} {'in SLO':>7}"
+    )
     lines = [header, "-" * len(header)]
     for run in runs:
         s = run["summary"]
+        attainment = s.get("slo", {}).get("attainment")
+        in_slo = "-" if attainment is None or not math.isfinite(attainment) else f"{100 * attainment:.0f}%"
         lines.append(
             f"{run['name']:<28} {s['completed']:>5} {s['output_tokens_per_s']:>9.1f} {s['requests_per_s']:>7.2f} "
             f"{_ms(s['ttft_s']['p50']):>9} {_ms(s['ttft_s']['p99']):>9} {_ms(s['itl_s']['p50']):>8} "
-            f"{_ms(s['e2e_s']['p99']):>8}"
+            f"{_ms(s['e2e_s']['p99']):>8} {in_slo:>7}"
         )
     return "\n".join(lines)
 

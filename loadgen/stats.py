@@ -8,7 +8,9 @@ Definitions (all times in seconds, from the client's clock):
 - e2e: last byte of the response - request sent.
 - throughput: generated tokens / run duration and completed requests / run duration, where the run
   lasts from the first send to the last response.
-- SLO attainment: the share of all requests (failed ones count as misses) with TTFT <= the bound.
+- SLO attainment: the share of all requests (failed ones count as misses) within every bound the
+  `Slo` sets (TTFT, TPOT, e2e; a request of one token has no TPOT and meets that bound); goodput: the
+  requests within them per second of the run, as vLLM's benchmark reports it.
 
 Percentiles interpolate linearly between order statistics (numpy's default "linear" method).
 """
@@ -90,12 +92,40 @@ def distribution(values: Iterable[float | None]) -> dict[str, float]:
     return summary
 
 
-def slo_attainment(results: Sequence[RequestResult], ttft_bound: float) -> float:
-    """Share of all requests whose TTFT is at most `ttft_bound` (failures count as misses)."""
+@dataclass(frozen=True)
+class Slo:
+    """Latency bounds in seconds (None: no bound on that measure)."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+    def met_by(self, result: RequestResult) -> bool:
+        if not result.ok:
+            return False
+        tpot = result.tpot
+        return (
+            (self.ttft_s is None or result.ttft <= self.ttft_s)
+            and (self.tpot_s is None or tpot is None or tpot <= self.tpot_s)
+            and (self.e2e_s is None or result.e2e <= self.e2e_s)
+        )
+
+    def describe(self) -> dict:
+        bounds = {"ttft_bound_s": self.ttft_s, "tpot_bound_s": self.tpot_s, "e2e_bound_s": self.e2e_s}
+        return {name: bound for name, bound in bounds.items() if bound is not None}
+
+
+def as_slo(slo: Slo | float | None) -> Slo | None:
+    """A bare number is a TTFT bound."""
+    return Slo(ttft_s=slo) if isinstance(slo, int | float) else slo
+
+
+def slo_attainment(results: Sequence[RequestResult], slo: Slo | float) -> float:
+    """Share of all requests within `slo` (a number: a TTFT bound); failures count as misses."""
     if not results:
         return math.nan
-    met = sum(1 for r in results if r.ok and r.ttft <= ttft_bound)
-    return met / len(results)
+    slo = as_slo(slo)
+    return sum(1 for r in results if slo.met_by(r)) / len(results)
 
 
 def run_duration(results: Sequence[RequestResult]) -> float:
@@ -107,7 +137,7 @@ def run_duration(results: Sequence[RequestResult]) -> float:
 
 
 def summarize(
-    results: Sequence[RequestResult], slo_ttft: float | None = None, duration: float | None = None
+    results: Sequence[RequestResult], slo: Slo | float | None = None, duration: float | None = None
 ) -> dict:
     """The run's numbers as a JSON-ready dict (see the module docstring for the definitions)."""
     ok = [r for r in results if r.ok]
@@ -130,8 +160,14 @@ def summarize(
         "tpot_s": distribution(r.tpot for r in ok),
         "e2e_s": distribution(r.e2e for r in ok),
     }
-    if slo_ttft is not None:
-        summary["slo"] = {"ttft_bound_s": slo_ttft, "attainment": slo_attainment(results, slo_ttft)}
+    slo = as_slo(slo)
+    if slo is not None:
+        met = sum(1 for r in results if slo.met_by(r))
+        summary["slo"] = {
+            **slo.describe(),
+            "attainment": met / len(results) if results else math.nan,
+            "goodput_requests_per_s": met / seconds if seconds > 0 else math.nan,
+        }
     errors = sorted({r.error for r in results if r.error})
     if errors:
         summary["errors"] = errors[:5]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .arrivals import Arrivals
 from .report import run_record
 from .runner import LORAX, Api, run, warm_up
+from .stats import Slo
 from .workload import WorkloadSpec, build_workload, distinct_adapters
 
 
@@ -17,7 +18,7 @@ def measure(
     spec: WorkloadSpec,
     name: str,
     system: str = "loraplex",
-    slo_ttft: float | None = None,
+    slo: Slo | float | None = None,
     progress: bool = True,
     warm: bool = True,
     timeout: float = 600.0,
@@ -43,7 +44,7 @@ def measure(
         name,
         system,
         outcome.results,
-        slo_ttft,
+        slo,
         adapters=len(spec.adapters) if spec.popularity != "base" else 0,
         distinct_adapters=distinct_adapters(requests),
         popularity=spec.popularity,
@@ -59,7 +60,7 @@ def sweep(
     counts: Sequence[int],
     include_base: bool = True,
     system: str = "loraplex",
-    slo_ttft: float | None = None,
+    slo: Slo | float | None = None,
     progress: bool = True,
     warm: bool = True,
     timeout: float = 600.0,
@@ -75,9 +76,7 @@ def sweep(
             raise ValueError(f"{count} adapters asked for, the pool has {len(pool)}")
         run_spec = dataclasses.replace(spec, adapters=tuple(pool[:count]))
         runs.append(
-            measure(
-                url, run_spec, f"{system} {count} adapters", system, slo_ttft, progress, warm, timeout, api
-            )
+            measure(url, run_spec, f"{system} {count} adapters", system, slo, progress, warm, timeout, api)
         )
     if include_base:
         base_spec = dataclasses.replace(spec, popularity="base", adapters=())
@@ -87,7 +86,7 @@ def sweep(
                 base_spec,
                 f"{system} base model",
                 f"{system} base",
-                slo_ttft,
+                slo,
                 progress,
                 warm,
                 timeout,

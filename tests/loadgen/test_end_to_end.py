@@ -57,6 +57,7 @@ def test_cli_writes_a_report_with_workload_environment_and_runs(server, tiny_ada
             "--concurrency", "3",
             "--vocab", "3:300",
             "--slo-ttft", "5",
+            "--slo-tpot", "10",
             "--out", str(out),
             "--plot-prefix", str(tmp_path / "plot"),
             "--no-progress",
@@ -76,6 +77,8 @@ def test_cli_writes_a_report_with_workload_environment_and_runs(server, tiny_ada
         assert s["completed"] == 6 and s["failed"] == 0 and s["length_mismatches"] == 0
         assert s["generated_tokens"] == 18
         assert s["output_tokens_per_s"] > 0 and s["slo"]["attainment"] == pytest.approx(1.0)
+        assert s["slo"]["tpot_bound_s"] == 10 and "e2e_bound_s" not in s["slo"]
+        assert s["slo"]["goodput_requests_per_s"] == pytest.approx(s["requests_per_s"])
         assert set(s["ttft_s"]) >= {"p50", "p90", "p99", "mean"}
         assert len(run_["cdf"]["ttft_s"]) == 101
     assert sorted(p.name for p in tmp_path.glob("plot_*.png")) == [
@@ -83,7 +86,8 @@ def test_cli_writes_a_report_with_workload_environment_and_runs(server, tiny_ada
         "plot_latency.png",
         "plot_throughput.png",
     ]
-    assert "loraplex 3 adapters" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "loraplex 3 adapters" in table and "in SLO" in table and table.count(" 100%") == 3
 
 
 def test_measure_warms_up_with_a_wave_of_the_runs_own_requests(server, tiny_adapters):
