@@ -117,11 +117,11 @@ class LoraStack:
 
     def _compact(self, placed: dict[int, int]) -> None:
         """Move the highest placed adapters down into positions unwanted for COMPACT_AFTER_STEPS steps."""
+        taken = set(placed.values())
         holes = [
             p
-            for p in range(max(placed.values()))
-            if p not in placed.values()
-            and (self._holder[p] is None or self._unwanted[p] >= COMPACT_AFTER_STEPS)
+            for p in range(max(taken))
+            if p not in taken and (self._holder[p] is None or self._unwanted[p] >= COMPACT_AFTER_STEPS)
         ]
         for slot, position in sorted(placed.items(), key=lambda item: -item[1]):
             if not holes or holes[0] > position:
