@@ -131,6 +131,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         output_len=args.output_len,
         popularity=args.popularity,
         alpha=args.alpha,
+        adapters=tuple(pool),  # each run takes the first N of it
         arrivals=Arrivals(rate=args.rate, cv=args.cv, concurrency=args.concurrency),
         seed=args.seed,
         vocab=args.vocab,

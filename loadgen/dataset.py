@@ -135,9 +135,10 @@ def read_entries(path: Path) -> list[DatasetEntry]:
     return entries
 
 
-def count_tokens(client: httpx.Client, url: str, text: str) -> list[int]:
-    """The token ids the server's tokenizer gives `text`: POST /tokenize, answered in TGI's format (a
-    list of {"id", ...}, loraplex and LoRAX) or vLLM's ({"tokens": [...]}); the body suits both."""
+def count_tokens(client: httpx.Client, url: str, text: str) -> tuple[list[int], int | None]:
+    """The token ids the server's tokenizer gives `text`, and the model's context length if the answer
+    states it: POST /tokenize, answered in TGI's format (a list of {"id", ...}: loraplex, LoRAX) or
+    vLLM's ({"tokens": [...], "max_model_len": N}); the request body suits both."""
     try:
         response = client.post(url + "/tokenize", json={"inputs": text, "prompt": text})
     except httpx.HTTPError as error:
@@ -146,8 +147,8 @@ def count_tokens(client: httpx.Client, url: str, text: str) -> list[int]:
         raise RuntimeError(f"/tokenize answered HTTP {response.status_code}: {response.text[:200]}")
     answer = response.json()
     if isinstance(answer, dict) and isinstance(answer.get("tokens"), list):
-        return [int(token) for token in answer["tokens"]]
-    return [token["id"] for token in answer]
+        return [int(token) for token in answer["tokens"]], answer.get("max_model_len")
+    return [token["id"] for token in answer], None
 
 
 def usable(
@@ -179,6 +180,8 @@ def load_dataset(
     path = Path(path)
     entries = read_entries(path)
     order = np.random.default_rng([seed, 4]).permutation(len(entries))
+    # loraplex and LoRAX state their limits in /info; vLLM states its context in /tokenize answers.
+    max_input, max_total = info.get("max_input_length"), info.get("max_total_tokens")
     chosen: list[DatasetPrompt] = []
     examined = 0
     url = url.rstrip("/")
@@ -186,13 +189,12 @@ def load_dataset(
         for index in order:
             examined += 1
             entry = entries[int(index)]
-            prompt_ids = count_tokens(client, url, entry.prompt)
+            prompt_ids, context = count_tokens(client, url, entry.prompt)
+            max_total = max_total if max_total is not None else context
             answer_len = None
             if entry.output_len is None and entry.answer is not None:
-                answer_len = len(count_tokens(client, url, entry.answer))
-            prompt = usable(
-                entry, prompt_ids, answer_len, info.get("max_input_length"), info.get("max_total_tokens")
-            )
+                answer_len = len(count_tokens(client, url, entry.answer)[0])
+            prompt = usable(entry, prompt_ids, answer_len, max_input, max_total)
             if prompt is not None:
                 chosen.append(prompt)
                 if len(chosen) == num_requests:

@@ -8,7 +8,7 @@ import pytest
 from loraplex.loadgen.apis import LORAX, OpenAIApi, StreamEvent, make_api, served_base_model
 from loraplex.loadgen.arrivals import Arrivals
 from loraplex.loadgen.cli import main
-from loraplex.loadgen.dataset import count_tokens
+from loraplex.loadgen.dataset import count_tokens, load_dataset
 from loraplex.loadgen.lengths import LengthDist
 from loraplex.loadgen.runner import run
 from loraplex.loadgen.workload import RequestSpec, WorkloadSpec, build_workload
@@ -64,7 +64,7 @@ def test_count_tokens_reads_vllm_answers_too():
         return httpx.Response(200, json={"count": 3, "max_model_len": 4096, "tokens": [11, 12, 13]})
 
     with httpx.Client(transport=httpx.MockTransport(vllm)) as client:
-        assert count_tokens(client, "http://vllm", "hello there") == [11, 12, 13]
+        assert count_tokens(client, "http://vllm", "hello there") == ([11, 12, 13], 4096)
     assert seen == [{"inputs": "hello there", "prompt": "hello there"}]
 
 
@@ -140,3 +140,27 @@ def test_bench_cli_over_openai(server, tiny_adapters, tmp_path):
         assert summary["completed"] == 4 and summary["length_mismatches"] == 0
         assert summary["generated_tokens"] == 12
     server.wait_idle()
+
+
+def test_a_dataset_on_a_vllm_server_is_filtered_by_the_context_its_tokenize_states(tmp_path, monkeypatch):
+    from loraplex.loadgen import dataset as dataset_module
+
+    def vllm(request: httpx.Request) -> httpx.Response:
+        words = json.loads(request.content)["prompt"].split()
+        return httpx.Response(
+            200, json={"count": len(words), "max_model_len": 10, "tokens": list(range(len(words)))}
+        )
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        dataset_module.httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(vllm), **kw)
+    )
+    path = tmp_path / "d.jsonl"
+    records = [
+        {"prompt": "one two three four five six", "output_len": 4},  # 6 + 4 = 10: fits
+        {"prompt": "one two three four five six", "output_len": 5},  # 6 + 5 > 10: skipped
+        {"prompt": "a b c d", "output_len": 6},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    chosen = load_dataset(path, "http://vllm", 2, seed=0, info={})
+    assert sorted(p.output_len for p in chosen.prompts) == [4, 6] and chosen.examined == 3

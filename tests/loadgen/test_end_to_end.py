@@ -68,6 +68,7 @@ def test_cli_writes_a_report_with_workload_environment_and_runs(server, tiny_ada
     assert {"date", "commit", "machine", "device"} <= set(report["environment"])
     assert report["workload"]["arrivals"] == {"mode": "closed_loop", "concurrency": 3}
     assert report["workload"]["num_requests"] == 6 and report["workload"]["ignore_eos_token"]
+    assert report["workload"]["adapter_pool"] == 3
     assert report["server"]["max_active_adapters"] == 4
     names = [r["name"] for r in report["runs"]]
     assert names == ["loraplex 1 adapters", "loraplex 3 adapters", "loraplex base model"]
