@@ -11,8 +11,10 @@ Formats, told apart by content:
 
 Tokens are counted by the server (POST /tokenize), so lengths are the model's own. As in vLLM's
 benchmark, entries with a prompt or a reference answer under 4 tokens are skipped, and so are those the
-server would refuse (prompt over max_input_length, prompt + output over max_total_tokens). A fixed-seed
-shuffle of the usable entries then picks the requests, so a seed names the same prompts on every run.
+server would refuse (prompt over max_input_length, prompt + output over max_total_tokens, from /info;
+on a server without /info, such as vLLM, prompt + output over the max_model_len its /tokenize states).
+A fixed-seed shuffle of the usable entries then picks the requests, so a seed names the same prompts on
+every run.
 """
 
 from __future__ import annotations
