@@ -172,6 +172,7 @@ def run_config(config: BenchConfig, out: Path, plots: Path | None, progress: boo
         "server": info,
         "workload": {
             **spec.describe(),
+            "adapter_pool": len(pool),
             "adapter_counts": list(config.adapter_counts),
             "rank": config.rank,
             "targets": "all seven projections",

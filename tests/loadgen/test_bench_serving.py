@@ -110,4 +110,5 @@ def test_gpu_config_code_path_runs_with_tiny_shapes_on_cpu(tmp_path, monkeypatch
     assert floor["distinct_adapters_per_step"] == 3 and floor["fraction_of_floor_step"] > 0
     assert report["comparisons"]["vs_peft"][3] > 0
     assert {"environment", "workload", "comparisons", "timing_s"} <= set(report)
+    assert report["workload"]["adapter_pool"] == 3 and report["workload"]["adapter_counts"] == [1, 3]
     assert len(list(tmp_path.glob("plot_*.png"))) == 3
