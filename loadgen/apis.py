@@ -106,9 +106,10 @@ class OpenAIApi:
 
 
 LORAX = LoraxApi()
+Api = LoraxApi | OpenAIApi
 
 
-def make_api(name: str, base_model: str = "") -> LoraxApi | OpenAIApi:
+def make_api(name: str, base_model: str = "") -> Api:
     if name == "lorax":
         return LORAX
     if name == "openai":

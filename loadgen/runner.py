@@ -1,8 +1,9 @@
 """Send a workload to a server over HTTP, streaming every response and timestamping every token.
 
 By default LoRAX's native route (POST /generate_stream), or OpenAI's streaming completions
-(`loadgen.apis`), with EOS ignored so each request generates exactly its output length. Open loop: each request goes out at its send time whatever the
-server is doing. Closed loop: N clients each send their next request when the previous one ends.
+(`loadgen.apis`), with EOS ignored so each request generates exactly its output length. Open loop:
+each request goes out at its send time whatever the server is doing. Closed loop: N clients each send
+their next request when the previous one ends.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from .apis import LORAX, LoraxApi, OpenAIApi
+from .apis import LORAX, Api
 from .arrivals import Arrivals
 from .stats import RequestResult
 from .workload import RequestSpec
-
-Api = LoraxApi | OpenAIApi
 
 
 @dataclass

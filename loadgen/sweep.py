@@ -6,9 +6,10 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+from .apis import LORAX, Api
 from .arrivals import Arrivals
 from .report import run_record
-from .runner import LORAX, Api, run, warm_up
+from .runner import run, warm_up
 from .stats import Slo
 from .workload import WorkloadSpec, build_workload, distinct_adapters
 
