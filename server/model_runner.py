@@ -1,8 +1,9 @@
 """Runs one scheduled batch: builds the flattened device inputs, runs the model, samples.
 
 Inputs of a step with B sequences and T tokens (prefill chunks and decodes mixed, ordered by adapter):
-input_ids/positions/slot_mapping [T], block_tables [B, max_blocks], and `logits_indices` [N], the last
-token of every sequence that samples this step. Adapter segments come from the same row order.
+input_ids/positions/slot_mapping [T], block_tables [B, max_blocks] (only when a prefill chunk follows
+cached context), and `logits_indices` [N], the last token of every sequence that samples this step.
+Adapter segments come from the same row order.
 On CUDA, decode rows attend through the paged Triton kernel, and a step of decodes only replays a
 captured CUDA graph (`cuda_graphs`) when the engine made them.
 """
@@ -41,6 +42,11 @@ class StepInputs:
     seg_slots: list[int]
 
 
+def _padded(blocks: list[int], width: int) -> list[int]:
+    """A sequence's block ids cut or padded with 0 to `width`."""
+    return blocks[:width] + [0] * (width - len(blocks))
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -75,21 +81,19 @@ class ModelRunner:
         logits_indices: list[int] = []
         decode_rows, decode_tokens, prefill_rows = [], [], []
         seg_starts, seg_slots = [0], []
-        max_blocks = max(len(row.request.block_ids) for row in batch.rows)
-        block_tables = []
+        block_ids = [row.request.block_ids for row in batch.rows]
         for index, row in enumerate(batch.rows):
             request = row.request
             start, end = row.start, row.start + row.num_tokens
             query_starts.append(len(input_ids))
             query_lens.append(row.num_tokens)
             context_lens.append(end)
-            blocks = request.block_ids
+            blocks = block_ids[index]
             input_ids.extend(request.token_ids[start:end])
             positions.extend(range(start, end))
             slot_mapping.extend(
                 blocks[p // block_size] * block_size + p % block_size for p in range(start, end)
             )
-            block_tables.append(blocks + [0] * (max_blocks - len(blocks)))
             if row.num_tokens == 1:
                 decode_rows.append(index)
                 decode_tokens.append(len(input_ids) - 1)
@@ -100,9 +104,10 @@ class ModelRunner:
             extend_segments(seg_starts, seg_slots, request.adapter_slot, len(input_ids))
         buckets, paged = [], None
         if self.paged_decode and decode_rows:
+            width = max(len(block_ids[r]) for r in decode_rows)
             paged = PagedDecode(
                 token_index=self._tensor(decode_tokens),
-                block_tables=self._tensor([block_tables[r] for r in decode_rows]),
+                block_tables=self._tensor([_padded(block_ids[r], width) for r in decode_rows]),
                 context_lens=self._tensor([context_lens[r] for r in decode_rows]),
             )
             decode_rows = []
@@ -114,19 +119,24 @@ class ModelRunner:
                 DecodeBucket(
                     token_index=self._tensor([decode_tokens[g] for g in group]),
                     context_lens=self._tensor(lens),
-                    blocks=self._tensor([block_tables[r][:num_blocks] for r in rows]),
+                    blocks=self._tensor([_padded(block_ids[r], num_blocks) for r in rows]),
                 )
             )
         groups = []
         if self.batch_prefill:
             prefill_rows, groups = self._prefill_groups(prefill_rows, batch, query_starts, query_lens)
+        # Only a prefill chunk after cached context reads the block table (decodes have their own).
+        block_tables = None
+        if any(context_lens[r] > query_lens[r] for r in prefill_rows):
+            width = max(map(len, block_ids))
+            block_tables = self._tensor([_padded(blocks, width) for blocks in block_ids])
         attention = AttentionMetadata(
             slot_mapping=self._tensor(slot_mapping),
             positions=self._tensor(positions),
             query_lens=query_lens,
             context_lens=context_lens,
             query_starts=query_starts,
-            block_tables=self._tensor(block_tables),
+            block_tables=block_tables,
             decode_buckets=buckets,
             prefill_rows=prefill_rows,
             paged_decode=paged,

@@ -108,7 +108,8 @@ class AttentionMetadata:
     positions [T] int64: absolute position of each new token.
     query_lens, context_lens: per sequence, new tokens this step and total tokens after it (host ints).
     query_starts: per sequence, offset of its first new token in the flattened step (host ints).
-    block_tables [B, max_blocks] int64: cache blocks of each sequence, padded with 0.
+    block_tables [B, max_blocks] int64: cache blocks of each sequence, padded with 0; None when no
+        prefill chunk follows cached context (the only reader: decodes carry their own tables).
     decode_buckets: the sequences with exactly one new token, in groups of similar context length
         (each group is one batched attention call, padded only to its own longest context).
     prefill_rows: the other sequences (host ints), attended one at a time.
@@ -122,7 +123,7 @@ class AttentionMetadata:
     query_lens: list[int]
     context_lens: list[int]
     query_starts: list[int]
-    block_tables: torch.Tensor
+    block_tables: torch.Tensor | None
     decode_buckets: list[DecodeBucket]
     prefill_rows: list[int]
     paged_decode: PagedDecode | None = None

@@ -23,11 +23,12 @@ def test_groups_bound_the_padding():
 
 def grouped_engine(model_dir, **overrides):
     """An engine with grouped prefill on, recording (B, L, real tokens, the rows' start positions) of
-    every group, and how many steps held a continuation chunk beside other prefill chunks."""
+    every group, the steps that held a continuation chunk beside other prefill chunks, and per step
+    whether it built the block table and whether a chunk after cached context needed it."""
     engine = make_engine(model_dir, **overrides)
     engine.runner.batch_prefill = True
     groups: list[tuple[int, int, int, list[int]]] = []
-    mixed_steps = []
+    mixed_steps, tables = [], []
     prepare = engine.runner.prepare
 
     def recording_prepare(batch):
@@ -35,12 +36,14 @@ def grouped_engine(model_dir, **overrides):
         starts = [row.start for row in batch.rows if row.num_tokens > 1]
         if len(starts) > 1 and any(starts):
             mixed_steps.append(starts)
+        tables.append((inputs.attention.block_tables is not None, any(starts)))
         for g in inputs.attention.prefill_groups:
             groups.append((g.batch, g.length, g.valid.numel(), [batch.rows[r].start for r in g.rows]))
         return inputs
 
     engine.runner.prepare = recording_prepare
     engine.mixed_prefill_steps = mixed_steps
+    engine.block_table_steps = tables
     return engine, groups
 
 
@@ -72,5 +75,7 @@ def test_chunks_with_cached_context_are_not_grouped(model_dirs, references):
     engine.generate(requests)
     assert [14, 0] in engine.mixed_prefill_steps, "no step held a later chunk beside a first chunk"
     assert all(start == 0 for *_, starts in groups for start in starts)
+    built = engine.block_table_steps
+    assert all(has == needs for has, needs in built) and {has for has, _ in built} == {True, False}
     for request in requests:
         assert_matches_reference(references["llama"], request, records)
