@@ -58,6 +58,19 @@ def check_step(slots, stack, starts, slot_ids, seed=0):
     return batch
 
 
+def make_slots(count: int) -> AdapterSlots:
+    return AdapterSlots(count, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
+
+
+def rank4_stack(adapters: int) -> tuple[AdapterSlots, LoraStack, list[int]]:
+    """Eight slots, the first `adapters` holding rank-4 adapters; a stack over them, and its copy log."""
+    slots = make_slots(8)
+    for slot in range(adapters):
+        slots.write(slot, random_adapter(slot, rank=4))
+    stack = LoraStack(slots)
+    return slots, stack, record_copies(stack)
+
+
 def record_copies(stack: LoraStack) -> list[int]:
     """The slots `stack` copies in from here on, in order."""
     copies = []
@@ -67,7 +80,7 @@ def record_copies(stack: LoraStack) -> list[int]:
 
 
 def test_short_segments_go_through_the_stack_and_match_the_reference(monkeypatch):
-    slots = AdapterSlots(8, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
+    slots = make_slots(8)
     slots.write(0, random_adapter(0, rank=4))
     slots.write(3, random_adapter(3, rank=16, untargeted_slice=0))
     slots.write(5, random_adapter(5, rank=8, groups=("qkv_proj",)))  # no o_proj, no down_proj
@@ -82,11 +95,7 @@ def test_short_segments_go_through_the_stack_and_match_the_reference(monkeypatch
 
 
 def test_stack_is_reused_until_a_slot_is_rewritten_and_grows_in_rank_and_capacity():
-    slots = AdapterSlots(8, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
-    for slot in range(6):
-        slots.write(slot, random_adapter(slot, rank=4))
-    stack = LoraStack(slots)
-    copies = record_copies(stack)
+    slots, stack, copies = rank4_stack(6)
 
     check_step(slots, stack, [0, 1, 2], [0, 1])
     assert sorted(copies) == [0, 1] and stack.capacity == 4
@@ -109,14 +118,14 @@ def test_stack_is_reused_until_a_slot_is_rewritten_and_grows_in_rank_and_capacit
 
 
 def test_a_single_short_segment_stays_on_the_plain_path():
-    slots = AdapterSlots(4, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
+    slots = make_slots(4)
     slots.write(1, random_adapter(1, rank=8))
     batch = check_step(slots, LoraStack(slots), [0, 4, 6], [-1, 1])
     assert batch.plan is None and batch.host_segments == [(4, 6, 1)]
 
 
 def test_stack_shrinks_back_after_steps_that_need_a_smaller_rank():
-    slots = AdapterSlots(4, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
+    slots = make_slots(4)
     slots.write(0, random_adapter(0, rank=32))
     slots.write(1, random_adapter(1, rank=4))
     slots.write(2, random_adapter(2, rank=8))
@@ -132,11 +141,7 @@ def test_stack_shrinks_back_after_steps_that_need_a_smaller_rank():
 
 
 def test_adapters_move_down_into_positions_left_unwanted_and_a_one_step_absence_keeps_its_place():
-    slots = AdapterSlots(8, LAYERS, WIDTHS, IN_FEATURES, 64, torch.float32, CPU)
-    for slot in range(5):
-        slots.write(slot, random_adapter(slot, rank=4))
-    stack = LoraStack(slots)
-    copies = record_copies(stack)
+    slots, stack, copies = rank4_stack(5)
 
     check_step(slots, stack, [0, 1, 2, 3, 4], [0, 1, 2, 3])
     assert [stack._position[s] for s in range(4)] == [0, 1, 2, 3]

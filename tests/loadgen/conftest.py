@@ -8,6 +8,9 @@ import pytest
 from model_factory import build_model
 from server_harness import serve
 
+from loraplex.loadgen.arrivals import Arrivals
+from loraplex.loadgen.lengths import LengthDist
+from loraplex.loadgen.workload import WorkloadSpec
 from loraplex.server.config import EngineConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,3 +46,19 @@ def server(tiny_model, tiny_adapters):
     )
     with serve(config, max_concurrent_requests=64) as running:
         yield running
+
+
+@pytest.fixture
+def two_adapter_spec(tiny_adapters) -> WorkloadSpec:
+    """Six short requests round robin over the first two test adapters, 3 in flight (tests replace
+    what they vary)."""
+    _, ids = tiny_adapters
+    return WorkloadSpec(
+        num_requests=6,
+        prompt_len=LengthDist.parse("3:6"),
+        output_len=LengthDist.parse("2:5"),
+        popularity="roundrobin",
+        adapters=tuple(ids[:2]),
+        arrivals=Arrivals(concurrency=3),
+        vocab=(3, 300),
+    )

@@ -9,9 +9,8 @@ from loraplex.loadgen.apis import LORAX, OpenAIApi, StreamEvent, make_api, serve
 from loraplex.loadgen.arrivals import Arrivals
 from loraplex.loadgen.cli import main
 from loraplex.loadgen.dataset import count_tokens, load_dataset
-from loraplex.loadgen.lengths import LengthDist
 from loraplex.loadgen.runner import run
-from loraplex.loadgen.workload import RequestSpec, WorkloadSpec, build_workload
+from loraplex.loadgen.workload import RequestSpec, build_workload
 
 REQUEST = RequestSpec(0, "w5 w6", (5, 6), 7, "my-adapter", 0.0)
 BASE_REQUEST = RequestSpec(1, "w5 w6", (5, 6), 3, None, 0.0)
@@ -68,21 +67,8 @@ def test_count_tokens_reads_vllm_answers_too():
     assert seen == [{"inputs": "hello there", "prompt": "hello there"}]
 
 
-def _spec(ids):
-    return WorkloadSpec(
-        num_requests=6,
-        prompt_len=LengthDist.parse("3:6"),
-        output_len=LengthDist.parse("2:5"),
-        popularity="roundrobin",
-        adapters=tuple(ids[:2]),
-        arrivals=Arrivals(concurrency=3),
-        vocab=(3, 300),
-    )
-
-
-def test_openai_runs_match_native_runs_token_for_token(server, tiny_adapters):
-    _, ids = tiny_adapters
-    requests = build_workload(_spec(ids)) + [
+def test_openai_runs_match_native_runs_token_for_token(server, two_adapter_spec):
+    requests = build_workload(two_adapter_spec) + [
         RequestSpec(6, "w7 w8 w9", (7, 8, 9), 4, None, 0.0)  # the base model, by its name
     ]
     api = OpenAIApi(served_base_model(server.url, httpx.get(server.url + "/info").json()))

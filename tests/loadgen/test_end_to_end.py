@@ -1,5 +1,6 @@
 """The runner against a real server: every token timestamped, exact lengths, and a complete report."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,17 +12,8 @@ from loraplex.loadgen.runner import run
 from loraplex.loadgen.workload import WorkloadSpec, build_workload
 
 
-def test_runner_streams_and_times_every_token(server, tiny_adapters):
-    _, ids = tiny_adapters
-    spec = WorkloadSpec(
-        num_requests=6,
-        prompt_len=LengthDist.parse("3:6"),
-        output_len=LengthDist.parse("2:5"),
-        popularity="roundrobin",
-        adapters=tuple(ids[:2]),
-        arrivals=Arrivals(rate=50.0, cv=1.0),
-        vocab=(3, 300),
-    )
+def test_runner_streams_and_times_every_token(server, two_adapter_spec):
+    spec = dataclasses.replace(two_adapter_spec, arrivals=Arrivals(rate=50.0, cv=1.0))
     requests = build_workload(spec)
     outcome = run(server.url, requests, spec.arrivals, progress=False)
     assert [r.index for r in outcome.results] == list(range(6))
@@ -91,7 +83,7 @@ def test_cli_writes_a_report_with_workload_environment_and_runs(server, tiny_ada
     assert "loraplex 3 adapters" in table and "in SLO" in table and table.count(" 100%") == 3
 
 
-def test_measure_warms_up_with_a_wave_of_the_runs_own_requests(server, tiny_adapters):
+def test_measure_warms_up_with_a_wave_of_the_runs_own_requests(server, tiny_adapters, two_adapter_spec):
     """Loads first (one short request per adapter), then the first wave of the run with 2 output
     tokens each (the run's own prompt shapes), then the timed requests."""
     from loraplex.loadgen.sweep import measure
@@ -108,14 +100,8 @@ def test_measure_warms_up_with_a_wave_of_the_runs_own_requests(server, tiny_adap
 
     engine.submit = recording_submit
     try:
-        spec = WorkloadSpec(
-            num_requests=6,
-            prompt_len=LengthDist.parse("8:12"),
-            output_len=LengthDist.parse("5"),
-            popularity="roundrobin",
-            adapters=tuple(ids[:2]),
-            arrivals=Arrivals(concurrency=3),
-            vocab=(3, 300),
+        spec = dataclasses.replace(
+            two_adapter_spec, prompt_len=LengthDist.parse("8:12"), output_len=LengthDist.parse("5")
         )
         record = measure(server.url, spec, "wave", progress=False)
     finally:
