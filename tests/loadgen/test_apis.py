@@ -98,9 +98,18 @@ def test_base_model_name_from_info_else_from_the_model_list(server):
     assert served_base_model("http://127.0.0.1:9", {}) == ""  # nothing listening
 
 
-def test_bench_cli_over_openai(server, tiny_adapters, tmp_path):
+def test_bench_cli_over_openai(server, tiny_adapters, tmp_path, monkeypatch):
     _, ids = tiny_adapters
     out = tmp_path / "report.json"
+    sent = []  # the `model` of every OpenAI body, warm-ups included
+    body = OpenAIApi.body
+
+    def recording_body(self, request):
+        payload = body(self, request)
+        sent.append(payload["model"])
+        return payload
+
+    monkeypatch.setattr(OpenAIApi, "body", recording_body)
     main(
         [
             "--url", server.url,
@@ -125,6 +134,8 @@ def test_bench_cli_over_openai(server, tiny_adapters, tmp_path):
         summary = record["summary"]
         assert summary["completed"] == 4 and summary["length_mismatches"] == 0
         assert summary["generated_tokens"] == 12
+    # Both runs went over /v1/completions: 4 timed requests each, plus their warm-ups.
+    assert len(sent) >= 8 and set(sent) == set(ids[:2]) | {model_id}
     server.wait_idle()
 
 
