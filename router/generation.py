@@ -62,9 +62,14 @@ class Generator:
         self.limiter.check(caller_of(http_request))
         self.client.admit()
 
-    def end(self, http_request: Request, tokens: int) -> None:
+    def end(
+        self, http_request: Request, tokens: int, cancelled: bool = False, adapter_id: str | None = None
+    ) -> None:
+        """Give back the place; `cancelled`: a stream the client left before its end (counted as such)."""
         self.client.release()
         self.limiter.record_tokens(caller_of(http_request), tokens)
+        if cancelled:
+            self.metrics.count(adapter_id, "cancelled")
 
     async def outputs(self, job: Job) -> AsyncIterator[RequestOutput]:
         """The engine outputs of one sequence; raises ApiError on an engine error or the timeout.
@@ -112,18 +117,21 @@ class Generator:
         work = asyncio.ensure_future(asyncio.gather(*(self._complete(job) for job in jobs)))
         watcher = asyncio.ensure_future(_until_disconnected(http_request))
         tokens = 0
+        disconnected = False
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if work.done() and not work.cancelled() and work.exception() is None:
+            disconnected = not work.done()
+            if not disconnected and work.exception() is None:
                 tokens = sum(c.last.prompt_tokens + c.last.generated_tokens for c in work.result())
         finally:
             watcher.cancel()
             if not work.done():
+                # A cancelled gather ends with CancelledError as its exception, not as cancelled();
+                # it must not escape: the hang-up is a 499 (counted by the error handler), not a 500.
                 work.cancel()
-                self.metrics.count(jobs[0].adapter_id, "cancelled")
                 await asyncio.gather(work, return_exceptions=True)
             self.end(http_request, tokens)
-        if work.cancelled():
+        if disconnected:
             raise ApiError(499, "client disconnected", "cancelled")
         return work.result()
 

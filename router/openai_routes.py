@@ -385,18 +385,21 @@ def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict])
 
     async def events() -> AsyncIterator[str]:
         tokens = 0
+        ended = False
         try:
             async for payload in chunks:
                 usage = payload.get("usage")
                 if usage:
                     tokens = usage["total_tokens"]
                 yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+            ended = True
             yield "data: [DONE]\n\n"
         except ApiError as error:
+            ended = True
             generator.metrics.count(jobs[0].adapter_id, error.error_type)
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:
-            generator.end(http_request, tokens)
+            generator.end(http_request, tokens, cancelled=not ended, adapter_id=jobs[0].adapter_id)
 
     headers = {
         "cache-control": "no-cache",

@@ -2,6 +2,8 @@
 
 import asyncio
 import itertools
+import logging
+import re
 import time
 
 import httpx
@@ -85,9 +87,17 @@ def test_server_keeps_serving_after_errors(server):
     server.wait_idle()
 
 
+def cancelled_count(url: str) -> float:
+    """loraplex_requests_total for base-model requests the client left (0 before the first)."""
+    text = httpx.get(url + "/metrics").text
+    match = re.search(r'^loraplex_requests_total\{adapter="base",outcome="cancelled"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_client_disconnect_mid_stream_aborts_and_frees_blocks(server):
     engine = server.engine
     aborted = engine.num_aborted
+    cancelled = cancelled_count(server.url)
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 180, "ignore_eos_token": True}}
     with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=30) as response:
         lines = response.iter_lines()
@@ -96,9 +106,10 @@ def test_client_disconnect_mid_stream_aborts_and_frees_blocks(server):
         assert engine.num_running == 1 and engine.allocator.num_free_blocks < engine.allocator.num_blocks
     server.wait_idle()
     assert engine.num_aborted == aborted + 1
+    assert cancelled_count(server.url) == cancelled + 1
 
 
-def test_client_disconnect_on_generate_aborts(server, monkeypatch):
+def test_client_disconnect_on_generate_aborts(server, monkeypatch, caplog):
     engine = server.engine
     run_step = engine.runner.run
 
@@ -108,11 +119,15 @@ def test_client_disconnect_on_generate_aborts(server, monkeypatch):
 
     monkeypatch.setattr(engine.runner, "run", slow_step)
     aborted = engine.num_aborted
+    cancelled = cancelled_count(server.url)
     body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 190, "ignore_eos_token": True}}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/generate", json=body, timeout=0.3)
     server.wait_idle(timeout=15)  # fails unless every KV block came back
     assert engine.num_aborted == aborted + 1
+    # A hang-up is the client's doing: no traceback in the server's log.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert cancelled_count(server.url) == cancelled + 1  # once, as the 499 it is
 
 
 def test_burst_over_max_concurrent_requests_gets_429(llama_dir):
