@@ -1,8 +1,4 @@
-"""The load generator's tests: a real server for the end-to-end ones, and the repository root on
-sys.path so the benchmark pieces (`benchmarks.*`) import as they do under `python -m`."""
-
-import sys
-from pathlib import Path
+"""The load generator's tests: a real server for the end-to-end ones."""
 
 import pytest
 from model_factory import build_model
@@ -12,10 +8,6 @@ from loraplex.loadgen.arrivals import Arrivals
 from loraplex.loadgen.lengths import LengthDist
 from loraplex.loadgen.workload import WorkloadSpec
 from loraplex.server.config import EngineConfig
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="session")
