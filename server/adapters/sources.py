@@ -14,6 +14,7 @@ from .errors import AdapterIdError, AdapterNotFoundError
 
 LOCAL, HUB = "local", "hub"
 SOURCES = (LOCAL, HUB)
+MAX_NAME_BYTES = 255  # a file name's limit on the usual file systems
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -28,8 +29,9 @@ class AdapterLocation:
 
     @property
     def key(self) -> str:
-        """The identity the cache uses: one entry per (source, id)."""
-        return self.adapter_id if self.source == LOCAL else f"hub:{self.adapter_id}"
+        """The identity the cache uses: a local adapter's folder (`upper`, `./upper` and its absolute
+        path share one entry and one slot), a hub adapter's repo id."""
+        return f"local:{self.path}" if self.source == LOCAL else f"hub:{self.adapter_id}"
 
 
 class AdapterSources:
@@ -44,6 +46,17 @@ class AdapterSources:
         return None
 
     def _local(self, adapter_id: str) -> Path | None:
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in Path(adapter_id).parts):
+            raise AdapterIdError(adapter_id, f"a path component is longer than {MAX_NAME_BYTES} bytes")
+        try:
+            path = self._local_path(adapter_id)
+        except OSError as error:  # a name too long for the file system, and the like
+            raise AdapterIdError(adapter_id, f"not a usable path ({error.strerror})") from None
+        if path is not None and path in self.roots:
+            raise AdapterIdError(adapter_id, "it names an --adapter-dir root, not an adapter in it")
+        return path
+
+    def _local_path(self, adapter_id: str) -> Path | None:
         candidate = Path(adapter_id)
         if ".." in candidate.parts:
             raise AdapterIdError(adapter_id, "`..` is not allowed in an adapter id")

@@ -58,6 +58,16 @@ def test_concurrent_requests_for_one_cold_adapter_load_it_once(base_dir, adapter
     assert engine.adapters.stats.loads == 1
 
 
+def test_one_adapter_under_several_spellings_loads_once(base_dir, adapter_root):
+    """`acme/mlp-r8`, `./acme/mlp-r8` and its absolute path are one folder: one load, one slot."""
+    engine = make_engine(base_dir, adapter_root)
+    spellings = ["acme/mlp-r8", "./acme/mlp-r8", "acme//mlp-r8", str(adapter_root / "acme" / "mlp-r8")]
+    requests = [make_request(engine, spelling, "Hello", 4, f"r{i}") for i, spelling in enumerate(spellings)]
+    engine.generate(requests)
+    assert engine.adapters.stats.loads == 1 and len(engine.adapters.entries()) == 1
+    assert len({tuple(r.output_token_ids) for r in requests}) == 1
+
+
 @pytest.fixture(scope="module")
 def server(base_dir, adapter_root):
     config = EngineConfig(
