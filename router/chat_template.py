@@ -9,6 +9,7 @@ from pathlib import Path
 from loraplex.server.adapters.sources import HUB, AdapterLocation
 
 from .errors import validation_error
+from .validation import check_text
 
 
 @lru_cache(maxsize=256)
@@ -68,4 +69,4 @@ def render_chat(tokenizer, messages, adapter: AdapterLocation | None) -> list[in
     text = tokenizer.apply_chat_template(
         conversation, chat_template=template, tokenize=False, add_generation_prompt=True
     )
-    return tokenizer(text, add_special_tokens=False).input_ids
+    return tokenizer(check_text(text, "messages"), add_special_tokens=False).input_ids

@@ -77,7 +77,7 @@ class EngineClient:
         """Take one of the `max_concurrent_requests` places, or refuse with 429."""
         with self._lock:
             if self.in_flight >= self.max_concurrent_requests:
-                raise ApiError(429, "Model is overloaded", OVERLOADED)
+                raise ApiError(429, "Model is overloaded", OVERLOADED, headers={"Retry-After": "1"})
             self.in_flight += 1
 
     def release(self) -> None:

@@ -26,7 +26,7 @@ from .schemas import (
     Token,
     TokenizeRequest,
 )
-from .validation import to_sampling_params
+from .validation import check_text, to_sampling_params
 
 router = APIRouter()
 
@@ -52,7 +52,7 @@ def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> li
     if not body.inputs:
         raise validation_error("`inputs` cannot be empty")
     params = to_sampling_params(p, engine.info.max_stop_sequences, streaming)
-    prompt_ids = engine.tokenizer(body.inputs).input_ids
+    prompt_ids = engine.tokenizer(check_text(body.inputs, "inputs")).input_ids
     if p.truncate is not None:
         prompt_ids = prompt_ids[-p.truncate :]
     max_new_tokens = p.max_new_tokens
@@ -249,7 +249,7 @@ async def compat_generate(body: GenerateRequest, request: Request):
 async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     """The prompt's tokens with their ids, texts and character offsets (TGI's format)."""
     engine = request.app.state.client.ready_engine()
-    encoding = engine.tokenizer(body.inputs, return_offsets_mapping=True)
+    encoding = engine.tokenizer(check_text(body.inputs, "inputs"), return_offsets_mapping=True)
     tokens = [
         {"id": token_id, "text": body.inputs[start:stop], "start": start, "stop": stop}
         for token_id, (start, stop) in zip(encoding.input_ids, encoding.offset_mapping, strict=True)

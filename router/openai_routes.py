@@ -27,7 +27,7 @@ from .generation import Completion, Generator, Job
 from .openai_schemas import ChatRequest, CompletionRequest
 from .schemas import Parameters
 from .stop_text import StopTrimmer, cut_at_stop
-from .validation import to_sampling_params
+from .validation import check_text, to_sampling_params
 
 router = APIRouter()
 MAX_N = 16
@@ -60,13 +60,20 @@ def _jobs(
 ):
     """Validate through LoRAX's rules and build `n` jobs (seeds seed, seed+1, ... when a seed is given)."""
     engine = http_request.app.state.client.ready_engine()
+    if max_tokens is not None and max_tokens <= 0:
+        field = (
+            "max_completion_tokens"
+            if getattr(request, "max_completion_tokens", None) is not None
+            else "max_tokens"
+        )
+        raise validation_error(f"`{field}` must be strictly positive")
     greedy = request.temperature == 0
     parameters = Parameters(
         max_new_tokens=max_tokens,
         temperature=None if greedy or request.temperature is None else request.temperature,
         do_sample=not greedy,
         top_p=request.top_p,
-        top_k=request.top_k,
+        top_k=None if request.top_k in (-1, 0) else request.top_k,  # vLLM's "every token"
         repetition_penalty=request.repetition_penalty,
         frequency_penalty=request.frequency_penalty,
         presence_penalty=request.presence_penalty,
@@ -141,7 +148,7 @@ async def completions(body: CompletionRequest, http_request: Request):
     want_logprobs = body.logprobs is not None
     jobs: list[Job] = []
     for prompt in prompts:
-        ids = engine.tokenizer(prompt).input_ids
+        ids = engine.tokenizer(check_text(prompt, "prompt")).input_ids
         jobs += _jobs(
             http_request, body, ids, body.max_tokens, body.logprobs or 0, body.echo and want_logprobs
         )
@@ -227,7 +234,7 @@ async def _completion_chunks(
             created,
             body.model,
             outputs,
-            len(set(texts)) if texts else 1,
+            len(jobs) // body.n,
             body.n,
         )
 
@@ -278,7 +285,7 @@ async def chat_completions(body: ChatRequest, http_request: Request):
     engine = http_request.app.state.client.ready_engine()
     adapter = locate_adapter(engine, body.model, body.adapter_source)
     prompt_ids = render_chat(engine.tokenizer, body.messages, adapter)
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     jobs = _jobs(http_request, body, prompt_ids, max_tokens, body.top_logprobs or 0, False)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     stops = _stops(body.stop)

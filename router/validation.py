@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from loraplex.server.request import SamplingParams
 
 from .errors import validation_error
@@ -18,13 +20,23 @@ MAX_ALTERNATIVES = 20
 
 
 def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not 0 < value < math.inf:  # NaN fails every comparison
         raise validation_error(f"`{name}` must be strictly positive")
 
 
 def _unit_interval(name: str, value: float | None) -> None:
     if value is not None and not 0.0 < value <= 1.0:
         raise validation_error(f"`{name}` must be > 0.0 and <= 1.0")
+
+
+def check_text(text: str, field: str) -> str:
+    """`text` if it can be encoded as UTF-8: JSON's escapes can carry a lone surrogate (\\ud800),
+    which the tokenizer cannot take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise validation_error(f"`{field}` is not valid Unicode: {error.reason} at {error.start}") from None
+    return text
 
 
 def to_sampling_params(

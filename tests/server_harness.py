@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -43,6 +44,13 @@ def spawn_serve(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]
             process.kill()
             pytest.fail(f"server did not start: {process.stdout.read()}")
         time.sleep(0.2)
+
+
+def post_json(url: str, body: dict) -> httpx.Response:
+    """POST `body` as Python's json writes it: NaN and Infinity as bare words, a lone surrogate as its
+    \\u escape (what a client in another language may send; httpx itself refuses both)."""
+    content = json.dumps(body).encode()
+    return httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=30)
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from server_harness import serve
+from server_harness import post_json, serve
 
 from loraplex.server.config import EngineConfig
 
@@ -18,6 +18,19 @@ CASES = [
     ({"inputs": ""}, "`inputs` cannot be empty"),
     ({"inputs": "hi", "parameters": {"temperature": 0}}, "`temperature` must be strictly positive"),
     ({"inputs": "hi", "parameters": {"temperature": -1}}, "`temperature` must be strictly positive"),
+    (
+        {"inputs": "hi", "parameters": {"temperature": float("nan")}},
+        "`temperature` must be strictly positive",
+    ),
+    (
+        {"inputs": "hi", "parameters": {"temperature": float("inf")}},
+        "`temperature` must be strictly positive",
+    ),
+    (
+        {"inputs": "hi", "parameters": {"repetition_penalty": float("nan")}},
+        "`repetition_penalty` must be strictly positive",
+    ),
+    ({"inputs": "hi \ud800 there"}, "`inputs` is not valid Unicode: surrogates not allowed at 3"),
     (
         {"inputs": "hi", "parameters": {"repetition_penalty": 0}},
         "`repetition_penalty` must be strictly positive",
@@ -62,13 +75,42 @@ CASES = [
 @pytest.mark.parametrize("route", ["/generate", "/generate_stream", "/"])
 @pytest.mark.parametrize(("body", "message"), CASES, ids=[c[1][:40] for c in CASES])
 def test_validation_errors_are_422_before_any_stream(server, route, body, message):
-    response = httpx.post(server.url + route, json=body, timeout=30)
+    response = post_json(server.url + route, body)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/json")
     payload = response.json()
     assert set(payload) == {"error", "error_type"}
     assert payload["error_type"] == "validation"
     assert payload["error"].startswith(message)
+
+
+def test_tokenize_refuses_a_lone_surrogate(server):
+    response = post_json(server.url + "/tokenize", {"inputs": "\udfff"})
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "`inputs` is not valid Unicode: surrogates not allowed at 0",
+        "error_type": "validation",
+    }
+
+
+def test_top_k_past_the_vocabulary_keeps_every_token(server):
+    """top_k >= the vocabulary filters nothing, up to values past int64; the others in the batch go on."""
+
+    def body(top_k):
+        parameters = {"max_new_tokens": 12, "do_sample": True, "seed": 5, "ignore_eos_token": True}
+        if top_k is not None:
+            parameters["top_k"] = top_k
+        return {"inputs": "Hello world", "parameters": parameters}
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            cases = [None, 10**6, 2**63, 2**70, None]
+            return await asyncio.gather(*(client.post("/generate", json=body(k)) for k in cases))
+
+    responses = asyncio.run(together())
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    assert len({r.json()["generated_text"] for r in responses}) == 1
+    server.wait_idle()
 
 
 def test_malformed_json_is_422(server):
@@ -144,6 +186,7 @@ def test_burst_over_max_concurrent_requests_gets_429(llama_dir):
         assert codes.count(200) >= 3 and codes.count(429) >= 1 and set(codes) <= {200, 429}
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+        assert refused.headers["retry-after"] == "1"
         running.wait_idle()
         time.sleep(0.1)
         after = httpx.post(

@@ -7,7 +7,7 @@ import openai
 import pytest
 from adapter_factory import build_adapter
 from engine.reference import reference_greedy
-from server_harness import serve
+from server_harness import post_json, serve
 
 from loraplex.server.config import EngineConfig
 
@@ -275,6 +275,47 @@ def test_refused_parameters(client, route, arguments, message):
             client.completions.create(**arguments)
     body = error.value.response.json()
     assert body["error_type"] == "validation" and message in body["error"], body
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "message"),
+    [
+        ("completions", {"prompt": "hi \ud800"}, "`prompt` is not valid Unicode"),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "\udc00"}]},
+            "`messages` is not valid",
+        ),
+        ("completions", {"prompt": "hi", "repetition_penalty": float("nan")}, "`repetition_penalty` must be"),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 0},
+            "`max_completion_tokens` must be strictly positive",
+        ),
+    ],
+)
+def test_refused_raw_bodies(server, route, body, message):
+    """What the openai package will not send (NaN, lone surrogates) but other clients can."""
+    response = post_json(f"{server.url}/v1/{route}", {"model": "", **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "validation" and message in response.json()["error"]
+
+
+def test_vllm_top_k_minus_one_means_every_token(client):
+    def sample(**extra):
+        result = client.completions.create(
+            model="", prompt="Hello", max_tokens=8, temperature=0.9, seed=3, extra_body=extra
+        )
+        return result.choices[0].text
+
+    assert sample(top_k=-1) == sample(top_k=0) == sample()
+
+
+def test_streamed_usage_counts_every_prompt_even_repeated_ones(client):
+    arguments = dict(model="", prompt=["Hello", "Hello", "world"], max_tokens=3, temperature=0)
+    plain = client.completions.create(**arguments)
+    chunks = list(client.completions.create(**arguments, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage == plain.usage
 
 
 def test_unknown_adapter_is_424_through_openai(client):
