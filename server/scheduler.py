@@ -100,6 +100,8 @@ class Scheduler:
         back so that the pinned slots drain and it gets one: no request starves.
         """
         held_for_slot = False
+        if self.adapters is not None:
+            self.adapters.begin_admission()
         for request in list(self.waiting):
             if prefill_budget <= 0 or len(self.running) >= self.max_batch_size:
                 break

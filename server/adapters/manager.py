@@ -6,6 +6,13 @@ Loads run on background threads; the engine thread only asks `acquire(request)` 
 and never waits. A slot that running requests use is pinned; when a slot is needed and none is free,
 the least recently used unpinned one is evicted. A failed load fails the requests waiting for it and is
 then forgotten, so a later request retries.
+
+The host tier holds at most `cpu_capacity` adapters. Each admission pass (`begin_admission`, then
+`acquire` for the waiting requests in order) says which adapters waiting requests want; an adapter
+wanted in the current or the last pass and not yet in a slot keeps its host copy, and a new load starts
+only while fewer than `cpu_capacity` of the adapters wanted before it in the pass wait outside a slot.
+Otherwise each finished load would push out the one before it, still waiting for a slot, and the
+two would be read from disk again and again.
 """
 
 from __future__ import annotations
@@ -89,6 +96,8 @@ class AdapterManager:
         self.wake = wake
         self.stats = AdapterStats()
         self._entries: OrderedDict[str, AdapterEntry] = OrderedDict()
+        self._wanted: dict[str, None] = {}  # keys acquired in this admission pass, in order
+        self._wanted_before: dict[str, None] = {}  # ... and in the one before
         self._slot_owner: list[str | None] = [None] * slots.num_slots
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=load_threads, thread_name_prefix="loraplex-adapter-load")
@@ -148,13 +157,30 @@ class AdapterManager:
         return entry
 
     def _trim_cpu_tier(self) -> None:
-        """Drop host copies beyond capacity, least recently used first (GPU-resident ones stay servable)."""
+        """Drop host copies beyond capacity, least recently used first (GPU-resident ones stay servable),
+        the ones waiting requests still need for a slot last, the most recently wanted of them first."""
         held = [e for e in self._entries.values() if e.weights is not None]
         excess = len(held) - self.cpu_capacity
-        for entry in sorted(held, key=lambda e: e.last_used)[: max(excess, 0)]:
+        if excess <= 0:
+            return
+        order = {key: i for i, key in enumerate([*self._wanted_before, *self._wanted])}
+        needed = [e for e in held if e.slot is None and e.location.key in order]
+        spare = sorted((e for e in held if e not in needed), key=lambda e: e.last_used)
+        needed.sort(key=lambda e: order[e.location.key], reverse=True)
+        for entry in (spare + needed)[:excess]:
             entry.weights = None
 
+    def _waiting_outside_slots(self) -> int:
+        """Adapters wanted earlier in this admission pass that are loading or in host memory, slotless."""
+        entries = (self._entries.get(key) for key in self._wanted)
+        return sum(1 for e in entries if e is not None and e.slot is None and e.error is None)
+
     # ---- engine thread ----------------------------------------------------------------------------
+    def begin_admission(self) -> None:
+        """A new pass of `acquire` calls over the waiting requests, in their order, begins."""
+        with self._lock:
+            self._wanted_before, self._wanted = self._wanted, {}
+
     def acquire(self, location: AdapterLocation) -> tuple[Readiness, int, AdapterError | None]:
         """For a waiting request: (READY, slot, None) pins the slot; otherwise why it must wait or fail."""
         with self._lock:
@@ -162,7 +188,11 @@ class AdapterManager:
             if entry is None or (entry.weights is None and entry.slot is None and entry.future is None):
                 if entry is not None and entry.error is not None:
                     return Readiness.FAILED, -1, entry.error
+                if location.key not in self._wanted and self._waiting_outside_slots() >= self.cpu_capacity:
+                    return Readiness.LOADING, -1, None  # its turn to load comes when one of those has a slot
+                self._wanted[location.key] = None
                 entry = self.start_load(location)
+            self._wanted[location.key] = None
             if entry.error is not None:
                 return Readiness.FAILED, -1, entry.error
             if entry.slot is not None:

@@ -58,6 +58,26 @@ def test_concurrent_requests_for_one_cold_adapter_load_it_once(base_dir, adapter
     assert engine.adapters.stats.loads == 1
 
 
+def test_a_small_host_cache_never_drops_an_adapter_its_waiting_requests_need(base_dir, adapter_root):
+    """One slot, room for one adapter in host memory, four adapters wanted at once: every read from disk
+    ends in a slot (before, a load that finished dropped the host copy of the one loaded before it, still
+    waiting for the slot, so that one was read again, over and over)."""
+    engine = make_engine(base_dir, adapter_root, max_active_adapters=1, adapter_cpu_cache=1)
+    activations = []
+    write = engine.adapters.slots.write
+
+    def counting_write(slot, weights, stream=None):
+        activations.append(slot)
+        return write(slot, weights, stream=stream)
+
+    engine.adapters.slots.write = counting_write
+    names = ["acme/attn-r4", "acme/mlp-r8", "acme/all-r16-rslora", "acme/patterns"]
+    requests = [make_request(engine, names[i % 4], "Hello world", 3, f"r{i}") for i in range(16)]
+    engine.generate(requests)
+    assert all(r.num_output_tokens == 3 for r in requests)
+    assert engine.adapters.stats.loads == len(activations), (engine.adapters.stats, len(activations))
+
+
 def test_one_adapter_under_several_spellings_loads_once(base_dir, adapter_root):
     """`acme/mlp-r8`, `./acme/mlp-r8` and its absolute path are one folder: one load, one slot."""
     engine = make_engine(base_dir, adapter_root)
