@@ -164,9 +164,11 @@ class AdapterManager:
         if excess <= 0:
             return
         order = {key: i for i, key in enumerate([*self._wanted_before, *self._wanted])}
-        needed = [e for e in held if e.slot is None and e.location.key in order]
-        spare = sorted((e for e in held if e not in needed), key=lambda e: e.last_used)
-        needed.sort(key=lambda e: order[e.location.key], reverse=True)
+        is_needed = [e.slot is None and e.location.key in order for e in held]
+        spare = sorted((e for e, n in zip(held, is_needed, strict=True) if not n), key=lambda e: e.last_used)
+        needed = sorted(
+            (e for e, n in zip(held, is_needed, strict=True) if n), key=lambda e: -order[e.location.key]
+        )
         for entry in (spare + needed)[:excess]:
             entry.weights = None
 
