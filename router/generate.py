@@ -163,6 +163,7 @@ def stream_event(tokenizer, body: GenerateRequest, job: Job, output: RequestOutp
         payload["alternative_tokens"] = [
             {"id": i, "text": tokenizer.decode([i]), "logprob": logprob} for i, logprob in token.top
         ]
+    payload["skipped"] = False
     event = {"token": payload, "generated_text": None, "details": None}
     if output.finished:
         event["generated_text"] = _text(body, output)

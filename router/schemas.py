@@ -58,6 +58,7 @@ class Token(BaseModel):
     logprob: float | None
     special: bool
     alternative_tokens: list[AlternativeToken] | None = None
+    skipped: bool = False  # LoRAX: skipped by speculative decoding (never here); its client requires it
 
 
 class PrefillToken(BaseModel):
@@ -79,6 +80,7 @@ class Details(BaseModel):
     finish_reason: str
     prompt_tokens: int
     generated_tokens: int
+    skipped_tokens: int = 0  # as Token.skipped
     seed: int | None
     prefill: list[PrefillToken] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)

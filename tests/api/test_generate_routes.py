@@ -25,6 +25,12 @@ def test_generate_returns_transformers_greedy_tokens(server, llama_reference):
     assert details["finish_reason"] == "length"
     assert details["prompt_tokens"] == len(prompt_ids) and details["generated_tokens"] == 12
     assert details["seed"] is None  # greedy, as LoRAX reports
+    # LoRAX's fields in LoRAX's order (its current client requires `skipped` and `skipped_tokens`)
+    assert list(details) == [
+        "finish_reason", "prompt_tokens", "generated_tokens", "skipped_tokens", "seed", "prefill", "tokens"
+    ]  # fmt: skip
+    assert details["skipped_tokens"] == 0
+    assert all(list(t) == ["id", "text", "logprob", "special", "skipped"] for t in details["tokens"])
     assert body["generated_text"] == server.engine.tokenizer.decode(ids)
     assert response.headers["x-generated-tokens"] == "12"
     assert response.headers["x-prompt-tokens"] == str(len(prompt_ids))
@@ -50,7 +56,7 @@ def test_stream_events_match_generate(server):
         assert response.headers["content-type"].startswith("text/event-stream")
         events = parse_events(response.iter_lines())
     assert len(events) == 10
-    assert [e["token"]["id"] for e in events] == [t["id"] for t in once["details"]["tokens"]]
+    assert [e["token"] for e in events] == once["details"]["tokens"]
     assert all(e["generated_text"] is None and e["details"] is None for e in events[:-1])
     last = events[-1]
     assert last["generated_text"] == once["generated_text"] == "".join(e["token"]["text"] for e in events)
