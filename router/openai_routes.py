@@ -84,6 +84,7 @@ def _jobs(
         decoder_input_details=prompt_logprobs,
     )
     params = to_sampling_params(parameters, engine.info.max_stop_sequences)
+    params = dataclasses.replace(params, stop_over_length=True)  # OpenAI's and vLLM's finish_reason
     if max_tokens is None:
         max_tokens = max(engine.limits.max_total_tokens - len(prompt_ids), 1)
     problem = engine.check_lengths(len(prompt_ids), max_tokens)

@@ -29,6 +29,8 @@ class SamplingParams:
     typical_p < 1) is; otherwise decoding is greedy. `seed` None means the engine picks one (and reports it).
     `top_n_tokens` > 0 reports that many most likely alternatives per generated token;
     `prompt_logprobs` reports the log-probability of every prompt token given the ones before it.
+    When the last allowed token also ends the text (end-of-sequence token or stop string), the finish
+    reason is `length`, as in LoRAX and TGI; `stop_over_length` reports the stop instead, as vLLM does.
     """
 
     max_new_tokens: int = 20
@@ -45,6 +47,7 @@ class SamplingParams:
     ignore_eos_token: bool = False
     top_n_tokens: int = 0
     prompt_logprobs: bool = False
+    stop_over_length: bool = False
 
     @property
     def sampling(self) -> bool:

@@ -189,13 +189,16 @@ class Scheduler:
         detokenizer = request.detokenizer
         text = detokenizer.add(token_id)
         special = detokenizer.is_special(token_id)
-        reason = None
-        if request.num_output_tokens >= request.params.max_new_tokens:
-            reason = FinishReason.LENGTH
-        elif token_id in self.eos_token_ids and not request.params.ignore_eos_token:
-            reason = FinishReason.EOS_TOKEN
-        elif detokenizer.stop_matched(text):
-            reason = FinishReason.STOP_SEQUENCE
+        params = request.params
+        at_length = request.num_output_tokens >= params.max_new_tokens
+        reason = FinishReason.LENGTH if at_length and not params.stop_over_length else None
+        if reason is None:
+            if token_id in self.eos_token_ids and not params.ignore_eos_token:
+                reason = FinishReason.EOS_TOKEN
+            elif detokenizer.stop_matched(text):
+                reason = FinishReason.STOP_SEQUENCE
+            elif at_length:
+                reason = FinishReason.LENGTH
         if request.times.first_token is None:
             request.times.first_token = now
         output = RequestOutput(

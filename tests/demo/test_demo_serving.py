@@ -76,3 +76,37 @@ def test_three_adapters_concurrently_in_one_batch():
             assert response.status_code == 200
             assert response.json()["generated_text"] == TRANSFORMS[name](text)
         assert max(len(s) for s in steps) == 3, "the three adapters never shared a step"
+
+
+def test_a_stop_on_the_last_allowed_token_is_length_natively_and_stop_for_openai():
+    """`upper` answers "hello world" with 11 characters and an end-of-sequence token. With exactly that
+    many tokens allowed (or a stop string met on the last one), LoRAX and TGI report `length`, as the
+    native routes do; vLLM and OpenAI report `stop`, as the OpenAI routes do."""
+    import openai
+
+    with serve(demo_config()) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="-", max_retries=0)
+
+        def native(**parameters) -> str:
+            body = {
+                "inputs": "hello world",
+                "parameters": {"adapter_id": "upper", "details": True, **parameters},
+            }
+            return httpx.post(running.url + "/generate", json=body, timeout=30).json()["details"][
+                "finish_reason"
+            ]
+
+        def completion(**arguments):
+            reply = client.completions.create(model="upper", prompt="hello world", temperature=0, **arguments)
+            return reply.choices[0].text, reply.choices[0].finish_reason
+
+        assert native(max_new_tokens=12) == "length" and native(max_new_tokens=13) == "eos_token"
+        assert native(max_new_tokens=11, stop=["LD"]) == "length"
+        assert native(max_new_tokens=12, stop=["LD"]) == "stop_sequence"
+        assert completion(max_tokens=12) == ("HELLO WORLD", "stop")
+        assert completion(max_tokens=11, stop=["LD"]) == ("HELLO WOR", "stop")
+        assert completion(max_tokens=10) == ("HELLO WORL", "length")
+        streamed = client.completions.create(
+            model="upper", prompt="hello world", temperature=0, max_tokens=12, stream=True
+        )
+        assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "stop"
