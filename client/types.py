@@ -66,8 +66,8 @@ class Details(_Sequence):
 
 
 class ResponseMeta(_Model):
-    """What the `x-*` headers of a /generate answer say. Times as the server sends them:
-    `compute_time` in seconds, the others in milliseconds."""
+    """What the `x-*` headers of a /generate answer say. Times as the server sends them: milliseconds
+    from loraplex and LoRAX (TGI sends `compute_time` in seconds). `adapter_id` is None for the base model."""
 
     adapter_id: str | None = None
     prompt_tokens: int | None = None

@@ -52,6 +52,11 @@ def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> li
     if not body.inputs:
         raise validation_error("`inputs` cannot be empty")
     params = to_sampling_params(p, engine.info.max_stop_sequences, streaming)
+    if p.truncate is not None and p.truncate > engine.limits.max_input_length:
+        raise validation_error(
+            f"`truncate` must be strictly positive and less than {engine.limits.max_input_length}. "
+            f"Given: {p.truncate}"
+        )
     prompt_ids = engine.tokenizer(check_text(body.inputs, "inputs")).input_ids
     if p.truncate is not None:
         prompt_ids = prompt_ids[-p.truncate :]
@@ -95,26 +100,54 @@ def _text(body: GenerateRequest, output: RequestOutput) -> str:
     return body.inputs + text if body.parameters.return_full_text else text
 
 
-def _headers(job: Job, completion: Completion, started: float) -> dict[str, str]:
-    """LoRAX's timing headers (milliseconds, as TGI sends them) and the adapter served."""
+def served_headers(http_request: Request, body: GenerateRequest, job: Job) -> dict[str, str]:
+    """The headers LoRAX sends on every generation, streams included: what served the request."""
+    engine = http_request.app.state.client.engine
+    headers = {
+        "x-compute-type": engine.device.type if job.adapter is None else f"{engine.device.type}+lora",
+        "x-compute-characters": str(len(body.inputs)),
+        "x-model-id": engine.info.model_id,
+    }
+    if job.adapter is not None:  # LoRAX leaves both out for the base model
+        headers["x-adapter-id"] = job.adapter.adapter_id
+        headers["x-adapter-source"] = job.adapter.source
+    return headers
+
+
+def _headers(
+    http_request: Request,
+    body: GenerateRequest,
+    job: Job,
+    completion: Completion,
+    started: float,
+    validated: float,
+) -> dict[str, str]:
+    """LoRAX's headers of a finished generation: times in whole milliseconds, token counts."""
     last = completion.last
-    total_ms = int((time.monotonic() - started) * 1000)
+    now = time.monotonic()
     times = last.times
-    queue_ms = inference_ms = 0
+    queue_ms = inference_ms = first_token_ms = 0
     if times is not None and times.scheduled is not None:
         queue_ms = int((times.scheduled - times.arrival) * 1000)
         inference_ms = int(((times.finished or times.scheduled) - times.scheduled) * 1000)
+        if times.first_token is not None:
+            first_token_ms = int((times.first_token - times.arrival) * 1000)
+    total_ms = int((now - started) * 1000)
+    per_token_ms = str(inference_ms // max(last.generated_tokens, 1))
     return {
-        "x-compute-type": "gpu" if job.adapter is None else "gpu+lora",
-        "x-compute-time": f"{total_ms / 1000:.3f}",
+        **served_headers(http_request, body, job),
+        "x-compute-time": str(total_ms),
         "x-total-time": str(total_ms),
-        "x-validation-time": "0",
+        "x-validation-time": str(int((validated - started) * 1000)),
         "x-queue-time": str(queue_ms),
         "x-inference-time": str(inference_ms),
-        "x-time-per-token": str(inference_ms // max(last.generated_tokens, 1)),
+        "x-time-per-token": per_token_ms,
+        "x-time-to-first-token": str(first_token_ms),
+        "x-time-per-output-token": per_token_ms,
         "x-prompt-tokens": str(last.prompt_tokens),
         "x-generated-tokens": str(last.generated_tokens),
-        "x-adapter-id": job.adapter_id or "",
+        "x-skipped-tokens": "0",
+        "x-total-tokens": str(last.prompt_tokens + last.generated_tokens),
     }
 
 
@@ -122,13 +155,14 @@ async def generate_response(http_request: Request, body: GenerateRequest) -> tup
     """Run a native request to the end -> (response body, headers)."""
     started = time.monotonic()
     jobs = prepare(http_request, body, streaming=False)
+    validated = time.monotonic()
     generator: Generator = http_request.app.state.generator
     completions = await generator.complete(jobs, http_request)
     tokenizer = http_request.app.state.client.engine.tokenizer
     best = max(range(len(completions)), key=lambda i: completions[i].cumulative_logprob)
     chosen, last = completions[best], completions[best].last
     payload: dict = {"generated_text": _text(body, last)}
-    if body.parameters.details:
+    if body.parameters.details or body.parameters.decoder_input_details:  # as LoRAX
         others = [
             BestOfSequence(
                 generated_text=_text(body, c.last),
@@ -151,7 +185,7 @@ async def generate_response(http_request: Request, body: GenerateRequest) -> tup
             best_of_sequences=others or None,
         )
         payload["details"] = _prune(details.model_dump())
-    return payload, _headers(jobs[best], chosen, started)
+    return payload, _headers(http_request, body, jobs[best], chosen, started, validated)
 
 
 def stream_event(tokenizer, body: GenerateRequest, job: Job, output: RequestOutput) -> dict:
@@ -221,7 +255,7 @@ def stream_response(http_request: Request, body: GenerateRequest) -> StreamingRe
         headers={
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
-            "x-adapter-id": job.adapter_id or "",
+            **served_headers(http_request, body, job),
         },
     )
 
@@ -250,7 +284,11 @@ async def compat_generate(body: GenerateRequest, request: Request):
 async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
     """The prompt's tokens with their ids, texts and character offsets (TGI's format)."""
     engine = request.app.state.client.ready_engine()
-    encoding = engine.tokenizer(check_text(body.inputs, "inputs"), return_offsets_mapping=True)
+    encoding = engine.tokenizer(
+        check_text(body.inputs, "inputs"),
+        add_special_tokens=body.add_special_tokens,
+        return_offsets_mapping=True,
+    )
     tokens = [
         {"id": token_id, "text": body.inputs[start:stop], "start": start, "stop": stop}
         for token_id, (start, stop) in zip(encoding.input_ids, encoding.offset_mapping, strict=True)

@@ -40,6 +40,11 @@ def _finish_reason(reason: FinishReason | None) -> str | None:
     return "length" if reason is FinishReason.LENGTH else "stop"
 
 
+def _adapter_header(job: Job) -> dict[str, str]:
+    """The adapter that served the request (left out for the base model, as LoRAX does)."""
+    return {"x-adapter-id": job.adapter_id} if job.adapter_id else {}
+
+
 def _stops(stop: str | list[str] | None) -> list[str]:
     if stop is None:
         return []
@@ -190,7 +195,7 @@ async def completions(body: CompletionRequest, http_request: Request):
         "choices": choices,
         "usage": usage,
     }
-    return JSONResponse(payload, headers={"x-adapter-id": jobs[0].adapter_id or ""})
+    return JSONResponse(payload, headers=_adapter_header(jobs[0]))
 
 
 def _usage_for(finished: list[Completion], num_prompts: int, n: int) -> dict:
@@ -313,7 +318,7 @@ async def chat_completions(body: ChatRequest, http_request: Request):
         "choices": choices,
         "usage": _usage_for(finished, 1, body.n),
     }
-    return JSONResponse(payload, headers={"x-adapter-id": jobs[0].adapter_id or ""})
+    return JSONResponse(payload, headers=_adapter_header(jobs[0]))
 
 
 async def _chat_chunks(http_request, body, jobs, response_id, created, stops) -> AsyncIterator[dict]:
@@ -409,11 +414,7 @@ def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict])
         finally:
             generator.end(http_request, tokens, cancelled=not ended, adapter_id=jobs[0].adapter_id)
 
-    headers = {
-        "cache-control": "no-cache",
-        "x-accel-buffering": "no",
-        "x-adapter-id": jobs[0].adapter_id or "",
-    }
+    headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **_adapter_header(jobs[0])}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 

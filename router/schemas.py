@@ -96,6 +96,7 @@ class StreamDetails(BaseModel):
 
 class TokenizeRequest(BaseModel):
     inputs: str
+    add_special_tokens: bool = True
 
 
 class StreamResponse(BaseModel):

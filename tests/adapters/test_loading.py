@@ -113,6 +113,7 @@ def test_adapters_route_reports_tiers_and_counts(server):
             json={"inputs": "Hi", "parameters": {"adapter_id": "acme/attn-r4", "max_new_tokens": 2}},
         )
         assert r.status_code == 200 and r.headers["x-adapter-id"] == "acme/attn-r4"
+        assert r.headers["x-adapter-source"] == "local"
     for name in ("mlp-r8", "all-r16-rslora", "regex-r6"):
         r = httpx.post(
             url + "/generate",
@@ -190,7 +191,7 @@ def test_base_model_and_adapter_requests_mixed_over_http(server, base_dir):
             },
         )
         assert r.json()["details"]["tokens"] == plain["details"]["tokens"]
-        assert r.headers["x-adapter-id"] == ""
+        assert "x-adapter-id" not in r.headers
 
 
 def test_preload_leaves_dynamic_loading_on(base_dir, adapter_root):

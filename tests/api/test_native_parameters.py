@@ -9,6 +9,18 @@ def generate(server, inputs="The quick brown fox", **parameters):
     return httpx.post(server.url + "/generate", json={"inputs": inputs, "parameters": parameters}, timeout=30)
 
 
+def test_decoder_input_details_alone_brings_details(server):
+    """LoRAX answers with details when either flag is set (`details || decoder_input_details`)."""
+    body = generate(server, max_new_tokens=2, decoder_input_details=True).json()
+    assert body["details"]["generated_tokens"] == 2 and body["details"]["prefill"]
+
+
+def test_truncate_past_the_input_limit_is_refused(server):
+    response = generate(server, max_new_tokens=2, truncate=10**6)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("`truncate` must be strictly positive and less than 64.")
+
+
 def test_decoder_input_details_are_transformers_prompt_logprobs(server, llama_reference):
     body = generate(server, max_new_tokens=2, details=True, decoder_input_details=True).json()
     prefill = body["details"]["prefill"]
@@ -78,20 +90,19 @@ def test_stream_only_refusals(server, parameters, message):
 
 
 def test_timing_headers(server):
+    """LoRAX's headers: times in whole milliseconds, counts, what served the request."""
     response = generate(server, max_new_tokens=3)
     headers = response.headers
-    for name in (
-        "x-compute-time",
-        "x-compute-type",
-        "x-total-time",
-        "x-validation-time",
-        "x-queue-time",
-        "x-inference-time",
-        "x-time-per-token",
-    ):
-        assert name in headers
+    times = ["x-compute-time", "x-total-time", "x-validation-time", "x-queue-time", "x-inference-time"]
+    times += ["x-time-per-token", "x-time-to-first-token", "x-time-per-output-token"]
+    assert all(headers[name].isdigit() for name in times), dict(headers)
     assert int(headers["x-total-time"]) >= int(headers["x-inference-time"]) >= 0
-    assert headers["x-generated-tokens"] == "3"
+    assert headers["x-compute-time"] == headers["x-total-time"]
+    assert headers["x-generated-tokens"] == "3" and headers["x-skipped-tokens"] == "0"
+    assert int(headers["x-total-tokens"]) == int(headers["x-prompt-tokens"]) + 3
+    assert headers["x-compute-type"] == "cpu" and headers["x-model-id"] == server.engine.info.model_id
+    assert headers["x-compute-characters"] == str(len("The quick brown fox"))
+    assert "x-adapter-id" not in headers and "x-adapter-source" not in headers  # the base model
 
 
 def test_penalties_and_do_sample_are_accepted(server):

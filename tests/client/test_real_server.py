@@ -52,7 +52,8 @@ def test_generate_with_details(client):
     assert "".join(token.text for token in details.tokens) == response.generated_text
     assert all(token.logprob is not None and token.logprob <= 0 for token in details.tokens)
     assert (response.meta.prompt_tokens, response.meta.generated_tokens) == (details.prompt_tokens, 6)
-    assert response.meta.adapter_id == ""
+    assert response.meta.adapter_id is None  # the base model: no x-adapter-id, as LoRAX
+    assert response.meta.compute_time == response.meta.total_time >= response.meta.inference_time
 
 
 def test_generate_stream_tokens_add_up_to_the_final_text(client):

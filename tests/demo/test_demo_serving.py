@@ -110,3 +110,12 @@ def test_a_stop_on_the_last_allowed_token_is_length_natively_and_stop_for_openai
             model="upper", prompt="hello world", temperature=0, max_tokens=12, stream=True
         )
         assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "stop"
+
+
+def test_tokenize_with_and_without_special_tokens():
+    """The demo's tokenizer wraps a prompt in <bos> ... <sep>; LoRAX's `add_special_tokens` leaves them out."""
+    with serve(demo_config()) as running:
+        url = running.url + "/tokenize"
+        plain = [t["text"] for t in httpx.post(url, json={"inputs": "hi"}).json()]
+        bare = [t["text"] for t in httpx.post(url, json={"inputs": "hi", "add_special_tokens": False}).json()]
+    assert bare == ["h", "i"] and len(plain) == 4 and plain[1:3] == bare
