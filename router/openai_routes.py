@@ -54,10 +54,18 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 def _unsupported(request) -> None:
     if request.logit_bias:
         raise validation_error("`logit_bias` is not supported by this server yet")
+    if request.min_tokens:
+        raise validation_error("`min_tokens` is not supported by this server yet")
     if not 1 <= request.n <= MAX_N:
         raise validation_error(f"`n` must be >= 1 and <= {MAX_N}")
     if request.temperature is not None and not 0 <= request.temperature <= 2:
         raise validation_error("`temperature` must be >= 0 and <= 2")
+
+
+def _name_the_base_model(http_request: Request, request) -> None:
+    """No `model` means the base model, which responses then name (as vLLM does), not as ""."""
+    if not request.model:
+        request.model = http_request.app.state.client.ready_engine().info.model_id
 
 
 def _jobs(
@@ -141,6 +149,7 @@ def _completion_logprobs(tokenizer, tokens: list[TokenOutput], prompt, echo: boo
 async def completions(body: CompletionRequest, http_request: Request):
     http_request.state.adapter_id = body.model
     _unsupported(body)
+    _name_the_base_model(http_request, body)
     if body.suffix:
         raise validation_error("`suffix` is not supported by this server yet")
     if body.best_of is not None and body.best_of != body.n:
@@ -279,6 +288,7 @@ def _chat_logprobs(tokenizer, tokens: list[TokenOutput]) -> dict:
 async def chat_completions(body: ChatRequest, http_request: Request):
     http_request.state.adapter_id = body.model
     _unsupported(body)
+    _name_the_base_model(http_request, body)
     if body.tools:
         raise validation_error("`tools` are not supported by this server yet")
     if body.response_format and body.response_format.get("type") != "text":
@@ -446,8 +456,9 @@ async def models(http_request: Request) -> JSONResponse:
             "object": "model",
             "created": created,
             "owned_by": "loraplex",
-            "root": engine.info.model_id,
+            "root": engine.info.model_id if i == 0 else name,
             "parent": None if i == 0 else engine.info.model_id,
+            "max_model_len": engine.limits.max_total_tokens,
         }
         for i, name in enumerate(names)
     ]

@@ -34,6 +34,7 @@ class _Common(BaseModel):
     repetition_penalty: float | None = None
     ignore_eos_token: bool = False
     ignore_eos: bool = False
+    min_tokens: int = 0  # vLLM's; refused when set, not ignored
 
 
 class CompletionRequest(_Common):

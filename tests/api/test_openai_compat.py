@@ -228,9 +228,21 @@ def test_adapter_as_model_and_its_own_chat_template(client, server):
 
 
 def test_models_lists_the_base_and_every_adapter(client, server):
-    ids = [m.id for m in client.models.list()]
-    assert ids[0] == server.engine.info.model_id
-    assert {"acme/plain", "acme/templated"} <= set(ids)
+    models = client.models.list().data
+    base = server.engine.info.model_id
+    assert models[0].id == base and models[0].parent is None
+    assert {"acme/plain", "acme/templated"} <= {m.id for m in models}
+    for card in models[1:]:  # vLLM's LoRA cards: the adapter as root, the base model as parent
+        assert (card.root, card.parent) == (card.id, base)
+    assert all(card.max_model_len == 256 for card in models)
+
+
+def test_responses_name_the_base_model_when_model_is_left_empty(client, server):
+    completion = client.completions.create(model="", prompt="Hi", max_tokens=2)
+    chat = client.chat.completions.create(
+        model="", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert completion.model == chat.model == server.engine.info.model_id
 
 
 def test_missing_chat_template_is_a_clear_422(llama_dir):
@@ -262,6 +274,7 @@ REFUSED = [
     ("chat", dict(response_format={"type": "json_object"}), "`response_format` is not supported"),
     ("chat", dict(top_logprobs=2), "`top_logprobs` requires `logprobs` to be true"),
     ("chat", dict(presence_penalty=5), "`presence_penalty` must be >= -2.0 and <= 2.0"),
+    ("completions", dict(prompt="hi", extra_body={"min_tokens": 4}), "`min_tokens` is not supported"),
 ]
 
 
