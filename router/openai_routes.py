@@ -62,6 +62,25 @@ def _unsupported(request) -> None:
         raise validation_error("`temperature` must be >= 0 and <= 2")
 
 
+def _prompts(engine, prompt: str | list[str] | list[int] | list[list[int]]) -> list[tuple[str, list[int]]]:
+    """(text, token ids) of each prompt: text is tokenized; token ids (one list or several, as vLLM
+    takes them) are used as given, their text decoded for `echo`."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt or any(not p for p in prompt):
+        raise validation_error("`prompt` cannot be empty")
+    vocab = min(engine.info.vocab_size, len(engine.tokenizer))  # ids the model embeds and we can decode
+    out = []
+    for p in prompt:
+        if isinstance(p, str):
+            out.append((p, engine.tokenizer(check_text(p, "prompt")).input_ids))
+        elif all(0 <= i < vocab for i in p):
+            out.append((engine.tokenizer.decode(p), list(p)))
+        else:
+            raise validation_error(f"`prompt` token ids must be >= 0 and < {vocab}")
+    return out
+
+
 def _name_the_base_model(http_request: Request, request) -> None:
     """No `model` means the base model, which responses then name (as vLLM does), not as ""."""
     if not request.model:
@@ -157,16 +176,14 @@ async def completions(body: CompletionRequest, http_request: Request):
     if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
         raise validation_error(f"`logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
     engine = http_request.app.state.client.ready_engine()
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not prompts or any(not p for p in prompts):
-        raise validation_error("`prompt` cannot be empty")
+    prompts = _prompts(engine, body.prompt)
     want_logprobs = body.logprobs is not None
     jobs: list[Job] = []
-    for prompt in prompts:
-        ids = engine.tokenizer(check_text(prompt, "prompt")).input_ids
+    for _, ids in prompts:
         jobs += _jobs(
             http_request, body, ids, body.max_tokens, body.logprobs or 0, body.echo and want_logprobs
         )
+    prompts = [text for text, _ in prompts]
     texts = [p for p in prompts for _ in range(body.n)]
     response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     generator: Generator = http_request.app.state.generator

@@ -237,6 +237,21 @@ def test_models_lists_the_base_and_every_adapter(client, server):
     assert all(card.max_model_len == 256 for card in models)
 
 
+def test_prompts_as_token_ids_as_vllm_takes_them(client, server):
+    """One list of ids, or several, give what the same prompts as text give; out-of-range ids are a 422."""
+    texts = ["The quick brown fox", "Hello"]
+    ids = [server.engine.tokenizer(t).input_ids for t in texts]
+    arguments = dict(model="", max_tokens=6, temperature=0, extra_body={"ignore_eos_token": True})
+    as_text = client.completions.create(prompt=texts, **arguments)
+    as_ids = client.completions.create(prompt=ids, **arguments)
+    one = client.completions.create(prompt=ids[0], **arguments)
+    assert [c.text for c in as_ids.choices] == [c.text for c in as_text.choices]
+    assert one.choices[0].text == as_text.choices[0].text and as_ids.usage == as_text.usage
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.completions.create(prompt=[1, 10**6], **arguments)
+    assert "`prompt` token ids must be >= 0" in error.value.response.json()["error"]
+
+
 def test_responses_name_the_base_model_when_model_is_left_empty(client, server):
     completion = client.completions.create(model="", prompt="Hi", max_tokens=2)
     chat = client.chat.completions.create(
