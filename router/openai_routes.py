@@ -154,14 +154,21 @@ def _completion_logprobs(tokenizer, tokens: list[TokenOutput], prompt, echo: boo
         texts.append(text)
         offsets.append(position)
         position += len(text)
+    # As OpenAI's and vLLM's: each step's alternatives and always the chosen token (up to logprobs + 1).
+    tops = [
+        None if logprob is None else {**_top_dict(tokenizer, top), text: logprob}
+        for (_, logprob, top), text in zip(entries, texts, strict=True)
+    ]
     return {
         "tokens": texts,
         "token_logprobs": [lp for _, lp, _ in entries],
-        "top_logprobs": [
-            None if top is None else {_token_text(tokenizer, i): lp for i, lp in top} for _, _, top in entries
-        ],
+        "top_logprobs": tops,
         "text_offset": offsets,
     }
+
+
+def _top_dict(tokenizer, top: list[tuple[int, float]] | None) -> dict[str, float]:
+    return {_token_text(tokenizer, i): lp for i, lp in top or []}
 
 
 @router.post("/v1/completions")
@@ -236,6 +243,7 @@ async def _completion_chunks(
     tokenizer = http_request.app.state.client.engine.tokenizer
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
+    offsets = [len(text) for text in texts]  # text_offset runs on from the prompt, as without streaming
 
     def chunk(index: int, text: str, finish_reason, logprobs=None) -> dict:
         return {
@@ -253,7 +261,8 @@ async def _completion_chunks(
         text = trimmers[index].feed(output.token.text, output.finished, output.generated_text or "")
         logprobs = None
         if body.logprobs is not None:
-            logprobs = _completion_logprobs(tokenizer, [output.token], None, False, 0)
+            logprobs = _completion_logprobs(tokenizer, [output.token], None, False, offsets[index])
+            offsets[index] += len(logprobs["tokens"][0])
         reason = _finish_reason(output.finish_reason) if output.finished else None
         if output.finished:
             finals[index] = output

@@ -135,13 +135,39 @@ def test_completion_echo_logprobs_and_n(client, server):
         logprobs = choice.logprobs
         assert len(logprobs.tokens) == prompt_len + 4
         assert logprobs.token_logprobs[0] is None and all(lp <= 0 for lp in logprobs.token_logprobs[1:])
-        # Two ids can decode to the same text (partial UTF-8 bytes): the dict then holds fewer keys.
-        assert all(1 <= len(top) <= 2 for top in logprobs.top_logprobs[1:])
+        # The two alternatives and the chosen token (OpenAI: up to logprobs + 1); two ids can decode to
+        # the same text (partial UTF-8 bytes), and the dict then holds fewer keys.
+        assert all(1 <= len(top) <= 3 for top in logprobs.top_logprobs[1:])
+        assert logprobs.top_logprobs[0] is None
+        steps = zip(logprobs.tokens[1:], logprobs.token_logprobs[1:], logprobs.top_logprobs[1:], strict=True)
+        assert all(top[token] == logprob for token, logprob, top in steps)
     again = client.completions.create(
         model="", prompt="Hello world", max_tokens=4, temperature=0.8, seed=5, n=3
     )
     assert [c.text for c in again.choices] == [c.text[len("Hello world") :] for c in result.choices]
     assert result.usage.completion_tokens == 12
+    chosen_only = client.completions.create(model="", prompt="Hello world", max_tokens=3, logprobs=0).choices[
+        0
+    ]
+    steps = zip(chosen_only.logprobs.tokens, chosen_only.logprobs.token_logprobs, strict=True)
+    assert chosen_only.logprobs.top_logprobs == [{token: logprob} for token, logprob in steps]
+
+
+def test_completion_text_offsets_run_from_the_prompt_streamed_or_not(client):
+    arguments = dict(
+        model="",
+        prompt="Hello world",
+        max_tokens=6,
+        temperature=0,
+        logprobs=1,
+        extra_body={"ignore_eos_token": True},
+    )
+    whole = client.completions.create(**arguments).choices[0].logprobs
+    chunks = [c.choices[0] for c in client.completions.create(**arguments, stream=True) if c.choices]
+    streamed = [offset for c in chunks for offset in c.logprobs.text_offset]
+    assert streamed == whole.text_offset
+    lengths = [len(token) for token in whole.tokens]
+    assert whole.text_offset == [len("Hello world") + sum(lengths[:i]) for i in range(6)]
 
 
 def test_chat_with_base_template_and_stop_cut(client, server):
