@@ -185,10 +185,20 @@ async def completions(body: CompletionRequest, http_request: Request):
     engine = http_request.app.state.client.ready_engine()
     prompts = _prompts(engine, body.prompt)
     want_logprobs = body.logprobs is not None
+    # echo with max_tokens 0 scores the prompt (lm-evaluation-harness's loglikelihood, as vLLM serves
+    # it): one token is generated, since the engine always generates one, and left out of the answer.
+    scoring = body.echo and body.max_tokens == 0
+    if scoring and body.stream:
+        raise validation_error("`echo` with `max_tokens` 0 is served without streaming only")
     jobs: list[Job] = []
     for _, ids in prompts:
         jobs += _jobs(
-            http_request, body, ids, body.max_tokens, body.logprobs or 0, body.echo and want_logprobs
+            http_request,
+            body,
+            ids,
+            1 if scoring else body.max_tokens,
+            body.logprobs or 0,
+            body.echo and want_logprobs,
         )
     prompts = [text for text, _ in prompts]
     texts = [p for p in prompts for _ in range(body.n)]
@@ -204,22 +214,25 @@ async def completions(body: CompletionRequest, http_request: Request):
     finished = await generator.complete(jobs, http_request)
     choices = []
     for index, (completion, prompt_text) in enumerate(zip(finished, texts, strict=True)):
-        text = cut_at_stop(completion.last.generated_text or "", stops)
+        text = "" if scoring else cut_at_stop(completion.last.generated_text or "", stops)
         logprobs = None
         if want_logprobs:
             offset = 0 if body.echo else len(prompt_text)
+            tokens = [] if scoring else completion.tokens
             logprobs = _completion_logprobs(
-                engine.tokenizer, completion.tokens, completion.last.prompt, body.echo, offset
+                engine.tokenizer, tokens, completion.last.prompt, body.echo, offset
             )
         choices.append(
             {
                 "index": index,
                 "text": (prompt_text if body.echo else "") + text,
                 "logprobs": logprobs,
-                "finish_reason": _finish_reason(completion.last.finish_reason),
+                "finish_reason": "length" if scoring else _finish_reason(completion.last.finish_reason),
             }
         )
     usage = _usage_for(finished, len(prompts), body.n)
+    if scoring:
+        usage = {**usage, "completion_tokens": 0, "total_tokens": usage["prompt_tokens"]}
     payload = {
         "id": response_id,
         "object": "text_completion",

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import httpx
 import openai
 import pytest
 from adapter_factory import build_adapter
@@ -168,6 +169,21 @@ def test_completion_text_offsets_run_from_the_prompt_streamed_or_not(client):
     assert streamed == whole.text_offset
     lengths = [len(token) for token in whole.tokens]
     assert whole.text_offset == [len("Hello world") + sum(lengths[:i]) for i in range(6)]
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt(client, server):
+    """lm-evaluation-harness's loglikelihood request, as vLLM serves it: the prompt's own logprobs (the
+    native route's prompt logprobs, checked against transformers elsewhere) and nothing generated."""
+    prompt = "The quick brown fox"
+    result = client.completions.create(model="", prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+    choice = result.choices[0]
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": 1, "decoder_input_details": True}}
+    prefill = httpx.post(server.url + "/generate", json=body, timeout=30).json()["details"]["prefill"]
+    assert choice.text == prompt and choice.finish_reason == "length"
+    assert choice.logprobs.token_logprobs == [t["logprob"] for t in prefill]
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (len(prefill), 0)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(model="", prompt=prompt, max_tokens=0)  # without echo: nothing to give
 
 
 def test_chat_with_base_template_and_stop_cut(client, server):
