@@ -56,6 +56,8 @@ def _unsupported(request) -> None:
         raise validation_error("`logit_bias` is not supported by this server yet")
     if request.min_tokens:
         raise validation_error("`min_tokens` is not supported by this server yet")
+    if request.response_format and request.response_format.get("type") != "text":
+        raise validation_error("`response_format` is not supported by this server yet")
     if not 1 <= request.n <= MAX_N:
         raise validation_error(f"`n` must be >= 1 and <= {MAX_N}")
     if request.temperature is not None and not 0 <= request.temperature <= 2:
@@ -330,8 +332,6 @@ async def chat_completions(body: ChatRequest, http_request: Request):
     _name_the_base_model(http_request, body)
     if body.tools:
         raise validation_error("`tools` are not supported by this server yet")
-    if body.response_format and body.response_format.get("type") != "text":
-        raise validation_error("`response_format` is not supported by this server yet")
     if body.top_logprobs is not None:
         if not body.logprobs:
             raise validation_error("`top_logprobs` requires `logprobs` to be true")

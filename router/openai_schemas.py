@@ -35,6 +35,7 @@ class _Common(BaseModel):
     ignore_eos_token: bool = False
     ignore_eos: bool = False
     min_tokens: int = 0  # vLLM's; refused when set, not ignored
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Common):
@@ -66,6 +67,5 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
