@@ -51,7 +51,19 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+# vLLM's extra parameters that would change the output if honoured: refused when set, not ignored.
+VLLM_UNSERVED = (
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "min_p",
+    "use_beam_search", "allowed_token_ids", "bad_words", "stop_token_ids", "include_stop_str_in_output",
+    "prompt_logprobs", "truncate_prompt_tokens", "logits_processors",
+)  # fmt: skip
+
+
 def _unsupported(request) -> None:
+    extra = request.model_extra or {}
+    for name in VLLM_UNSERVED:
+        if extra.get(name) not in (None, False, 0, [], {}, ""):
+            raise validation_error(f"`{name}` is not supported by this server yet")
     if request.logit_bias:
         raise validation_error("`logit_bias` is not supported by this server yet")
     if request.min_tokens:

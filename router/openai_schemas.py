@@ -15,7 +15,7 @@ class _Common(BaseModel):
     """Fields both routes share, plus the extras loraplex accepts (adapter_source, top_k, repetition_penalty,
     ignore_eos_token, and vLLM's name for it, ignore_eos)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # unknown fields kept, so vLLM's unserved ones can be refused
 
     model: str = ""
     n: int = 1
