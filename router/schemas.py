@@ -36,6 +36,8 @@ class Parameters(BaseModel):
     watermark: bool = False
     response_format: Any = None
     merged_adapters: Any = None
+    grammar: Any = None  # TGI's constrained generation: refused when set, like response_format
+    top_n_tokens: int | None = None  # TGI's name for alternatives (`top_tokens`): refused when set
 
 
 class GenerateRequest(BaseModel):

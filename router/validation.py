@@ -14,6 +14,8 @@ _UNSERVED = {
     "watermark": lambda p: p.watermark,
     "response_format": lambda p: p.response_format is not None,
     "merged_adapters": lambda p: p.merged_adapters is not None,
+    "grammar": lambda p: p.grammar is not None,
+    "top_n_tokens": lambda p: bool(p.top_n_tokens),
 }
 MAX_BEST_OF = 4
 MAX_ALTERNATIVES = 20

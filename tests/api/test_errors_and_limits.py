@@ -59,6 +59,14 @@ CASES = [
         {"inputs": "hi", "parameters": {"merged_adapters": {"ids": ["a"]}}},
         "`merged_adapters` is not supported by this server yet",
     ),
+    (
+        {"inputs": "hi", "parameters": {"grammar": {"type": "json", "value": {}}}},
+        "`grammar` is not supported by this server yet",
+    ),
+    (
+        {"inputs": "hi", "parameters": {"top_n_tokens": 2}},
+        "`top_n_tokens` is not supported by this server yet",
+    ),
     ({"inputs": "hi " * 80}, "`inputs` must have less than 64 tokens. Given: "),
     (
         {"inputs": "hi", "parameters": {"max_new_tokens": 300}},

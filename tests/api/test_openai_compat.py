@@ -332,7 +332,11 @@ REFUSED = [
     ("chat", dict(top_logprobs=2), "`top_logprobs` requires `logprobs` to be true"),
     ("chat", dict(presence_penalty=5), "`presence_penalty` must be >= -2.0 and <= 2.0"),
     ("completions", dict(prompt="hi", extra_body={"min_tokens": 4}), "`min_tokens` is not supported"),
-    ("completions", dict(prompt="hi", extra_body={"guided_json": {"type": "object"}}), "`guided_json` is not supported"),
+    (
+        "completions",
+        dict(prompt="hi", extra_body={"guided_json": {"type": "object"}}),
+        "`guided_json` is not supported",
+    ),
     ("chat", dict(extra_body={"guided_choice": ["a", "b"]}), "`guided_choice` is not supported"),
     ("chat", dict(extra_body={"min_p": 0.1}), "`min_p` is not supported"),
     (
