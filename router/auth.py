@@ -20,13 +20,23 @@ WINDOW_SECONDS = 60.0
 
 
 def read_api_keys(keys: list[str], key_file: str | None) -> frozenset[str]:
-    """Keys given on the command line plus one per line of `key_file` (blank lines and # comments skipped)."""
-    found = [k.strip() for k in keys if k.strip()]
+    """Keys given on the command line plus one per line of `key_file` (blank lines and # comments skipped).
+
+    Raises ValueError when keys were asked for and none is usable: a blank --api-key or a key file with
+    no key in it would otherwise leave the server open while its operator believes it closed.
+    """
+    if any(not k.strip() for k in keys):
+        raise ValueError("--api-key: a key cannot be blank")
+    found = [k.strip() for k in keys]
     if key_file:
+        from_file = []
         for line in Path(key_file).read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                found.append(line)
+                from_file.append(line)
+        if not from_file:
+            raise ValueError(f"--api-key-file {key_file}: no key in it (blank lines and # comments only)")
+        found += from_file
     return frozenset(found)
 
 

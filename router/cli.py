@@ -19,6 +19,34 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {value}")
+    return value
+
+
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -38,12 +66,17 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
     http = parser.add_argument_group("http")
     http.add_argument("--host", default="127.0.0.1")
-    http.add_argument("--port", type=int, default=8080)
-    http.add_argument("--max-concurrent-requests", type=int, default=128)
+    http.add_argument("--port", type=_port, default=8080)
+    http.add_argument("--max-concurrent-requests", type=_positive_int, default=128)
     http.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    http.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is ended")
     http.add_argument(
-        "--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for running requests"
+        "--request-timeout", type=_positive_float, default=None, help="seconds before a request is ended"
+    )
+    http.add_argument(
+        "--shutdown-timeout",
+        type=_non_negative_float,
+        default=30.0,
+        help="seconds SIGTERM waits for running requests",
     )
 
     security = parser.add_argument_group("auth, rate limits and metrics")
@@ -52,11 +85,15 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--metrics-without-auth", action="store_true", help="leave /metrics open when API keys are set"
     )
-    security.add_argument("--rate-limit-requests", type=int, default=None, help="requests per minute per key")
-    security.add_argument("--rate-limit-tokens", type=int, default=None, help="tokens per minute per key")
+    security.add_argument(
+        "--rate-limit-requests", type=_positive_int, default=None, help="requests per minute per key"
+    )
+    security.add_argument(
+        "--rate-limit-tokens", type=_positive_int, default=None, help="tokens per minute per key"
+    )
     security.add_argument(
         "--metrics-adapter-label-limit",
-        type=int,
+        type=_non_negative_int,
         default=100,
         help="adapters named in metric labels, then 'other'",
     )
@@ -194,6 +231,8 @@ def serve(args: argparse.Namespace) -> None:
         )
     except OSError as error:
         fail(f"--api-key-file: {error}")
+    except ValueError as error:
+        fail(str(error))
 
     failure: list[str] = []
     server: DrainingServer | None = None

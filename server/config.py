@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -71,6 +72,9 @@ class EngineConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_memory_gib <= 0:
             raise ConfigError(f"kv_cache_memory_gib must be positive, got {self.kv_cache_memory_gib}")
+        for root in self.adapter_dirs:  # else every adapter request would fail, one 424 at a time
+            if not Path(root).expanduser().is_dir():
+                raise ConfigError(f"adapter directory {root!r} does not exist or is not a directory")
 
 
 @dataclass(frozen=True)

@@ -136,3 +136,42 @@ def test_num_threads_must_be_positive(threads):
     result = run_cli("serve", f"--num-threads={threads}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--num-threads: must be a positive integer" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--port", "99999", "must be a TCP port"),
+        ("--max-concurrent-requests", "0", "must be a positive integer"),
+        ("--request-timeout", "-1", "must be a positive number of seconds"),
+        ("--request-timeout", "0", "must be a positive number of seconds"),
+        ("--shutdown-timeout", "-1", "must be 0 or more"),
+        ("--rate-limit-requests", "-1", "must be a positive integer"),
+        ("--rate-limit-tokens", "0", "must be a positive integer"),
+        ("--metrics-adapter-label-limit", "-1", "must be 0 or more"),
+    ],
+)
+def test_out_of_range_flags_are_refused_at_start(flag, value, message):
+    """Each of these used to start a server that failed every request (500, 504 or 429) or crashed."""
+    result = run_cli("serve", f"{flag}={value}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{flag}: {message}" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# no keys yet\n"])
+def test_a_key_file_without_keys_refuses_to_start(tmp_path, llama_dir, content):
+    """An empty key file left the server open to everyone, without a word."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text(content)
+    result = run_cli("serve", "--model-id", str(llama_dir), "--api-key-file", str(keys))
+    assert_one_clear_line(result, "--api-key-file", "no key in it")
+
+
+def test_a_blank_api_key_refuses_to_start(llama_dir):
+    result = run_cli("serve", "--model-id", str(llama_dir), "--api-key", " ")
+    assert_one_clear_line(result, "--api-key: a key cannot be blank")
+
+
+def test_a_missing_adapter_dir_refuses_to_start(tmp_path, llama_dir):
+    result = run_cli("serve", "--model-id", str(llama_dir), "--adapter-dir", str(tmp_path / "nowhere"))
+    assert_one_clear_line(result, "nowhere", "does not exist or is not a directory")
