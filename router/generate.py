@@ -17,6 +17,7 @@ from loraplex.server.request import PromptToken, RequestOutput, TokenOutput
 
 from .errors import ApiError, validation_error
 from .generation import Completion, Generator, Job
+from .metrics import UNRESOLVED_LABEL
 from .schemas import (
     AlternativeToken,
     BestOfSequence,
@@ -41,6 +42,14 @@ def locate_adapter(engine, adapter_id: str | None, adapter_source: str | None) -
         raise ApiError(error.status, str(error), error.error_type) from error
 
 
+def label_request(http_request: Request, engine, adapter_id: str | None, adapter_source: str | None) -> None:
+    """Name the request's adapter for the metrics once it resolves; "unresolved" until then (and for
+    good if it does not), so that ids that name nothing never become metric labels."""
+    http_request.state.adapter_id = UNRESOLVED_LABEL
+    location = locate_adapter(engine, adapter_id, adapter_source)
+    http_request.state.adapter_id = location.adapter_id if location else None
+
+
 def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> list[Job]:
     """Validate and tokenize; every problem is raised (422/424) before anything is streamed.
 
@@ -48,7 +57,7 @@ def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> li
     """
     engine = http_request.app.state.client.ready_engine()
     p = body.parameters
-    http_request.state.adapter_id = p.adapter_id
+    label_request(http_request, engine, p.adapter_id, p.adapter_source)
     if not body.inputs:
         raise validation_error("`inputs` cannot be empty")
     params = to_sampling_params(p, engine.info.max_stop_sequences, streaming)

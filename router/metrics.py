@@ -16,6 +16,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 BASE_MODEL_LABEL = "base"
 OTHER_LABEL = "other"
+# Requests whose adapter id could not be resolved (malformed, unknown): one label, so that made-up
+# ids neither use up the label limit nor put client-chosen strings in the metrics.
+UNRESOLVED_LABEL = "unresolved"
 
 
 class AdapterLabels:
@@ -29,6 +32,8 @@ class AdapterLabels:
     def __call__(self, adapter_id: str | None) -> str:
         if not adapter_id:
             return BASE_MODEL_LABEL
+        if adapter_id == UNRESOLVED_LABEL:
+            return UNRESOLVED_LABEL
         with self._lock:
             if adapter_id in self._seen:
                 return adapter_id
@@ -120,7 +125,8 @@ class EngineCollector:
             return
         yield _gauge("loraplex_running_requests", "Requests in the running batch", engine.num_running)
         yield _gauge("loraplex_waiting_requests", "Requests waiting to be scheduled", engine.num_waiting)
-        yield _gauge("loraplex_batch_size", "Rows in the last engine step", engine.last_batch_size)
+        rows = engine.last_batch_size if engine.scheduler.has_work else 0  # idle: no step, no rows
+        yield _gauge("loraplex_batch_size", "Rows in the last engine step", rows)
         yield _counter("loraplex_engine_steps", "Engine steps run", engine.num_steps)
         yield _counter(
             "loraplex_batched_rows",

@@ -22,7 +22,7 @@ from loraplex.server.request import FinishReason, RequestOutput, TokenOutput
 
 from .chat_template import render_chat
 from .errors import ApiError, validation_error
-from .generate import locate_adapter
+from .generate import label_request, locate_adapter
 from .generation import Completion, Generator, Job
 from .openai_schemas import ChatRequest, CompletionRequest
 from .schemas import Parameters
@@ -187,9 +187,9 @@ def _top_dict(tokenizer, top: list[tuple[int, float]] | None) -> dict[str, float
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, http_request: Request):
-    http_request.state.adapter_id = body.model
-    _unsupported(body)
     _name_the_base_model(http_request, body)
+    label_request(http_request, http_request.app.state.client.ready_engine(), body.model, body.adapter_source)
+    _unsupported(body)
     if body.suffix:
         raise validation_error("`suffix` is not supported by this server yet")
     if body.best_of is not None and body.best_of != body.n:
@@ -339,9 +339,9 @@ def _chat_logprobs(tokenizer, tokens: list[TokenOutput]) -> dict:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, http_request: Request):
-    http_request.state.adapter_id = body.model
-    _unsupported(body)
     _name_the_base_model(http_request, body)
+    label_request(http_request, http_request.app.state.client.ready_engine(), body.model, body.adapter_source)
+    _unsupported(body)
     if body.tools:
         raise validation_error("`tools` are not supported by this server yet")
     if body.top_logprobs is not None:

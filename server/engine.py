@@ -245,6 +245,7 @@ class Engine:
             self._deliver([_error_output(r, str(e), e.error_type) for r, e in batch.failed])
         self.last_step_ran = bool(batch.rows)
         if not batch.rows:
+            self.last_batch_size = 0
             return []
         try:
             step = self.runner.run(batch)

@@ -135,6 +135,7 @@ class Request:
     num_computed_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
     adapter_slot: int = -1
+    adapter_asked: bool = False  # its adapter was asked for once (cache hits count first asks only)
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     detokenizer: Any = None

@@ -108,7 +108,10 @@ class Scheduler:
             if request.adapter is not None:
                 if held_for_slot:
                     continue
-                readiness, slot, error = self.adapters.acquire(request.adapter)
+                readiness, slot, error = self.adapters.acquire(
+                    request.adapter, first=not request.adapter_asked
+                )
+                request.adapter_asked = True
                 if readiness is Readiness.FAILED:
                     self.waiting.remove(request)
                     failed.append((request, error))
@@ -125,6 +128,8 @@ class Scheduler:
                 break
             self.waiting.remove(request)
             self.allocator.allocate(request, request.num_computed_tokens + num_tokens)
+            if request.times.scheduled is None:  # queue time ends here, before its first step runs
+                request.times.scheduled = time.monotonic()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             rows.append(self._row(request, num_tokens))
@@ -173,8 +178,6 @@ class Scheduler:
         now = time.monotonic()
         for row in batch.rows:
             request = row.request
-            if request.times.scheduled is None:
-                request.times.scheduled = now
             request.num_computed_tokens += row.num_tokens
             if row.samples:
                 token_id, logprob, top = next(sampled)

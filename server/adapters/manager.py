@@ -183,8 +183,11 @@ class AdapterManager:
         with self._lock:
             self._wanted_before, self._wanted = self._wanted, {}
 
-    def acquire(self, location: AdapterLocation) -> tuple[Readiness, int, AdapterError | None]:
-        """For a waiting request: (READY, slot, None) pins the slot; otherwise why it must wait or fail."""
+    def acquire(
+        self, location: AdapterLocation, first: bool = True
+    ) -> tuple[Readiness, int, AdapterError | None]:
+        """For a waiting request: (READY, slot, None) pins the slot; otherwise why it must wait or fail.
+        `first`: the request's first ask, the only one that can count as a cache hit."""
         with self._lock:
             entry = self._entries.get(location.key)
             if entry is None or (entry.weights is None and entry.slot is None and entry.future is None):
@@ -205,7 +208,7 @@ class AdapterManager:
                 entry.pins += 1
                 entry.requests += 1
                 entry.last_used = time.time()
-                self.stats.hits += 1
+                self.stats.hits += first
                 return Readiness.READY, entry.slot, None
             if entry.weights is None:
                 return Readiness.LOADING, -1, None
@@ -213,7 +216,7 @@ class AdapterManager:
             if slot is None:
                 return Readiness.NEEDS_SLOT, -1, None
             self._activate(entry, slot)
-            return self.acquire(location)
+            return self.acquire(location, first=False)
 
     def release(self, location: AdapterLocation) -> None:
         with self._lock:

@@ -46,6 +46,10 @@ def test_metrics_after_a_known_workload(llama_dir):
     assert metric(text, "loraplex_kv_cache_blocks_total") == 256
     assert metric(text, "loraplex_engine_steps_total") >= 5
     assert metric(text, "loraplex_adapters_resident", '{tier="gpu"}') == 0
+    assert metric(text, "loraplex_batch_size") == 0  # idle
+    # Queue time ends when a request is admitted, before its prefill: on an idle server, well under TTFT.
+    queued = metric(text, "loraplex_request_queue_duration_seconds_sum")
+    assert queued < metric(text, "loraplex_time_to_first_token_seconds_sum") / 2
 
 
 def test_adapter_labels_are_capped(llama_dir, tmp_path):
@@ -55,11 +59,20 @@ def test_adapter_labels_are_capped(llama_dir, tmp_path):
         build_adapter(llama_dir, tmp_path / f"a{i}", seed=i, r=2, target_modules=["q_proj"])
     config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, adapter_dirs=(str(tmp_path),))
     with serve(config, adapter_label_limit=2) as running:
-        for i in range(3):
+        for made_up in ("typo-1", "x" * 300):  # ids that name nothing take no label
+            body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1, "adapter_id": made_up}}
+            assert httpx.post(running.url + "/generate", json=body).status_code in (422, 424)
+        for i in [0, 1, 2, 0]:
             body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1, "adapter_id": f"a{i}"}}
             assert httpx.post(running.url + "/generate", json=body).status_code == 200
         text = httpx.get(running.url + "/metrics").text
-    assert metric(text, "loraplex_requests_total", '{adapter="a0",outcome="success"}') == 1
+    assert metric(text, "loraplex_requests_total", '{adapter="unresolved",outcome="adapter_not_found"}') == 1
+    assert metric(text, "loraplex_requests_total", '{adapter="unresolved",outcome="validation"}') == 1
+    assert "typo-1" not in text and "x" * 300 not in text
+    # Three cold loads (misses); only the second request for a0 found it in a slot (a hit).
+    assert metric(text, "loraplex_adapter_cache_misses_total") == 3
+    assert metric(text, "loraplex_adapter_cache_hits_total") == 1
+    assert metric(text, "loraplex_requests_total", '{adapter="a0",outcome="success"}') == 2
     assert metric(text, "loraplex_requests_total", '{adapter="a1",outcome="success"}') == 1
     assert metric(text, "loraplex_requests_total", '{adapter="other",outcome="success"}') == 1
     assert metric(text, "loraplex_adapter_loads_total") == 3
