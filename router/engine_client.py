@@ -17,6 +17,7 @@ from .errors import OVERLOADED, UNAVAILABLE, ApiError
 from .mailbox import OutputMailbox
 
 logger = logging.getLogger(__name__)
+_CUT_OFF = object()  # put on a request's queue in place of an output: the server is shutting down
 
 
 class Status(str, enum.Enum):
@@ -37,6 +38,7 @@ class EngineClient:
         self._lock = threading.Lock()
         self.loaded = asyncio.Event()
         self._mailbox: OutputMailbox | None = None
+        self._streams: set[asyncio.Queue] = set()  # of the requests running now (event loop only)
 
     @property
     def status(self) -> Status:
@@ -101,11 +103,26 @@ class EngineClient:
         request = engine.make_request(prompt_ids, params, sink=deliver, adapter=adapter)
         engine.submit(request)
         finished = False
+        self._streams.add(queue)
         try:
             while not finished:
                 output = await queue.get()
+                if output is _CUT_OFF:
+                    raise ApiError(503, "the server is shutting down: generation cut off", UNAVAILABLE)
                 finished = output.finished
                 yield output
         finally:
+            self._streams.discard(queue)
             if not finished:
                 engine.abort(request.request_id)
+
+    def cut_off(self) -> None:
+        """From any thread: end every running request now (the shutdown timeout passed). Each ends as
+        a 503, or with that error as the last event of its stream, and its KV blocks are freed."""
+        mailbox = self._mailbox
+        if mailbox is not None:
+            mailbox.loop.call_soon_threadsafe(self._cut_off_all)
+
+    def _cut_off_all(self) -> None:
+        for queue in list(self._streams):
+            queue.put_nowait(_CUT_OFF)

@@ -175,3 +175,40 @@ def test_a_blank_api_key_refuses_to_start(llama_dir):
 def test_a_missing_adapter_dir_refuses_to_start(tmp_path, llama_dir):
     result = run_cli("serve", "--model-id", str(llama_dir), "--adapter-dir", str(tmp_path / "nowhere"))
     assert_one_clear_line(result, "nowhere", "does not exist or is not a directory")
+
+
+def test_sigterm_cuts_off_streams_that_outlast_the_shutdown_timeout(llama_dir):
+    """Each long stream ends with the shutdown's error event, and the process exits 0, promptly and
+    without a traceback (uvicorn used to wait for every stream, whatever the timeout)."""
+    import signal
+    import threading
+
+    process, url = start_server(llama_dir, "--shutdown-timeout", "0.3")
+    last_events: list[dict] = []
+
+    def stream() -> None:
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 480, "ignore_eos_token": True}}
+        with httpx.stream("POST", url + "/generate_stream", json=body, timeout=60) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        last_events.append(json.loads(events[-1][5:]))
+
+    try:
+        clients = [threading.Thread(target=stream) for _ in range(4)]
+        for client in clients:
+            client.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+        for client in clients:
+            client.join(timeout=30)
+        assert (
+            last_events
+            == [{"error": "the server is shutting down: generation cut off", "error_type": "unavailable"}] * 4
+        )
+        assert "Traceback" not in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
