@@ -35,8 +35,16 @@ def describe(entry: AdapterEntry) -> dict:
         "requests": entry.requests,
         "running": entry.pins,
         "load_seconds": entry.load_seconds,
-        "status": "loading" if entry.future is not None else ("failed" if entry.error else "loaded"),
+        "status": _status(entry),
     }
+
+
+def _status(entry: AdapterEntry) -> str:
+    if entry.future is not None:
+        return "loading"
+    if entry.error is not None:
+        return "failed"
+    return "unloaded" if entry.tier == "disk" else "loaded"
 
 
 @router.get("/adapters")
@@ -98,4 +106,4 @@ async def unload_adapter(body: AdapterRequest, request: Request) -> dict:
         raise ApiError(404, f"adapter {body.adapter_id!r} is not loaded", "adapter_not_loaded") from error
     except RuntimeError as error:
         raise ApiError(409, str(error), "adapter_in_use") from error
-    return {**describe(entry), "tier": "disk"}
+    return describe(entry)

@@ -73,7 +73,7 @@ def create_app(
     open_paths = {"/health"} | ({"/metrics"} if settings.metrics_without_auth else set())
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys, open_paths=frozenset(open_paths))
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health(request: Request) -> JSONResponse:
         status = request.app.state.client.status
         code = 200 if status is Status.READY else 503

@@ -285,6 +285,7 @@ class AdapterManager:
                 )
             if entry.slot is not None:
                 self._evict(entry)
+                self.stats.evictions -= 1  # an unload asked for, not an eviction the cache chose
             entry.weights = None
             return entry
 

@@ -134,8 +134,11 @@ def test_adapters_route_reports_tiers_and_counts(server):
 def test_unload_and_reload(server):
     url = server.url
     httpx.post(url + "/adapters/load", json={"adapter_id": "acme/patterns"}, timeout=30)
+    evictions = server.engine.adapters.stats.evictions
     unloaded = httpx.post(url + "/adapters/unload", json={"adapter_id": "acme/patterns"})
-    assert unloaded.status_code == 200 and unloaded.json()["tier"] == "disk"
+    assert unloaded.status_code == 200
+    assert (unloaded.json()["tier"], unloaded.json()["status"]) == ("disk", "unloaded")
+    assert server.engine.adapters.stats.evictions == evictions  # asked for, not chosen by the cache
     listing = {a["adapter_id"]: a for a in httpx.get(url + "/adapters").json()["adapters"]}
     assert listing["acme/patterns"]["tier"] == "disk"
     again = httpx.post(url + "/adapters/unload", json={"adapter_id": "acme/patterns"})

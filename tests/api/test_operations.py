@@ -85,6 +85,7 @@ def test_api_keys(llama_dir):
         url = running.url
         body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
         assert httpx.get(url + "/health").status_code == 200
+        assert httpx.head(url + "/health").status_code == 200  # load balancers' probes
         for path in ("/info", "/metrics", "/adapters", "/v1/models"):
             response = httpx.get(url + path)
             assert response.status_code == 401 and response.json()["error_type"] == "authentication"
