@@ -30,6 +30,7 @@ class Job:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: AdapterLocation | None = None
+    tokens_used: int = 0  # prompt + generated so far: what the token rate limit counts, finished or not
 
     @property
     def adapter_id(self) -> str | None:
@@ -93,6 +94,7 @@ class Generator:
                     ) from None
                 if output.error:
                     raise ApiError(error_status(output.error_type), output.error, output.error_type)
+                job.tokens_used = output.prompt_tokens + output.generated_tokens
                 now = time.monotonic()
                 if previous is not None:
                     self.metrics.observe_token_gap(now - previous)
@@ -116,13 +118,10 @@ class Generator:
         self.begin(http_request)
         work = asyncio.ensure_future(asyncio.gather(*(self._complete(job) for job in jobs)))
         watcher = asyncio.ensure_future(_until_disconnected(http_request))
-        tokens = 0
         disconnected = False
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
             disconnected = not work.done()
-            if not disconnected and work.exception() is None:
-                tokens = sum(c.last.prompt_tokens + c.last.generated_tokens for c in work.result())
         finally:
             watcher.cancel()
             if not work.done():
@@ -130,7 +129,8 @@ class Generator:
                 # it must not escape: the hang-up is a 499 (counted by the error handler), not a 500.
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-            self.end(http_request, tokens)
+            # what the engine did counts, also for requests that timed out, failed or were left
+            self.end(http_request, sum(job.tokens_used for job in jobs))
         if disconnected:
             raise ApiError(499, "client disconnected", "cancelled")
         return work.result()

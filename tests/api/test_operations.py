@@ -125,6 +125,24 @@ def test_token_rate_limit(llama_dir):
         assert "retry-after" in refused.headers
 
 
+def test_token_rate_limit_counts_requests_that_timed_out(llama_dir):
+    """The tokens a request made the engine compute count, also when it ended in a 504 (it counted 0)."""
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, max_total_tokens=512)
+    with serve(config, rate_limit_tokens=10, request_timeout=0.3) as running:
+        run = running.engine.runner.run
+
+        def slower(batch):  # about 25 tokens before the timeout
+            time.sleep(0.01)
+            return run(batch)
+
+        running.engine.runner.run = slower
+        body = {"inputs": "Hi", "parameters": {"max_new_tokens": 500, "ignore_eos_token": True}}
+        assert httpx.post(running.url + "/generate", json=body, timeout=30).status_code == 504
+        refused = httpx.post(running.url + "/generate", json=body, timeout=30)
+        assert refused.status_code == 429 and "tokens per minute" in refused.json()["error"]
+        running.wait_idle()
+
+
 def test_request_timeout_frees_blocks_and_says_why(llama_dir):
     config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, max_total_tokens=512)
     with serve(config, request_timeout=0.3) as running:
