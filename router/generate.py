@@ -32,22 +32,24 @@ from .validation import check_text, to_sampling_params
 router = APIRouter()
 
 
-def locate_adapter(engine, adapter_id: str | None, adapter_source: str | None) -> AdapterLocation | None:
-    """None for the base model (no id, an empty id, or the base model's own id); 422/424 if unusable."""
+def resolve_adapter(
+    http_request: Request, engine, adapter_id: str | None, adapter_source: str | None
+) -> AdapterLocation | None:
+    """None for the base model (no id, an empty id, or the base model's own id); 422/424 if unusable.
+
+    Names the request's adapter for the metrics once it resolves: "unresolved" until then (and for good
+    if it does not), so that ids that name nothing never become metric labels.
+    """
+    http_request.state.adapter_id = UNRESOLVED_LABEL
     if not adapter_id or adapter_id == engine.info.model_id:
+        http_request.state.adapter_id = None
         return None
     try:
-        return engine.adapters.locate(adapter_id, adapter_source)
+        location = engine.adapters.locate(adapter_id, adapter_source)
     except AdapterError as error:
         raise ApiError(error.status, str(error), error.error_type) from error
-
-
-def label_request(http_request: Request, engine, adapter_id: str | None, adapter_source: str | None) -> None:
-    """Name the request's adapter for the metrics once it resolves; "unresolved" until then (and for
-    good if it does not), so that ids that name nothing never become metric labels."""
-    http_request.state.adapter_id = UNRESOLVED_LABEL
-    location = locate_adapter(engine, adapter_id, adapter_source)
-    http_request.state.adapter_id = location.adapter_id if location else None
+    http_request.state.adapter_id = location.adapter_id
+    return location
 
 
 def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> list[Job]:
@@ -57,7 +59,7 @@ def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> li
     """
     engine = http_request.app.state.client.ready_engine()
     p = body.parameters
-    label_request(http_request, engine, p.adapter_id, p.adapter_source)
+    adapter = resolve_adapter(http_request, engine, p.adapter_id, p.adapter_source)
     if not body.inputs:
         raise validation_error("`inputs` cannot be empty")
     params = to_sampling_params(p, engine.info.max_stop_sequences, streaming)
@@ -76,7 +78,6 @@ def prepare(http_request: Request, body: GenerateRequest, streaming: bool) -> li
     if problem:
         raise validation_error(problem)
     params = dataclasses.replace(params, max_new_tokens=max_new_tokens)
-    adapter = locate_adapter(engine, p.adapter_id, p.adapter_source)
     return [Job(prompt_ids, params, adapter) for _ in range(p.best_of or 1)]
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from loraplex.server.adapters.sources import AdapterLocation
 from loraplex.server.request import FinishReason, RequestOutput, TokenOutput
 
 from .chat_template import render_chat
 from .errors import ApiError, validation_error
-from .generate import label_request, locate_adapter
+from .generate import resolve_adapter
 from .generation import Completion, Generator, Job
 from .openai_schemas import ChatRequest, CompletionRequest
 from .schemas import Parameters
@@ -95,17 +96,22 @@ def _prompts(engine, prompt: str | list[str] | list[int] | list[list[int]]) -> l
     return out
 
 
-def _name_the_base_model(http_request: Request, request) -> None:
+def _name_the_base_model(engine, request) -> None:
     """No `model` means the base model, which responses then name (as vLLM does), not as ""."""
     if not request.model:
-        request.model = http_request.app.state.client.ready_engine().info.model_id
+        request.model = engine.info.model_id
 
 
 def _jobs(
-    http_request: Request, request, prompt_ids: list[int], max_tokens, top_n: int, prompt_logprobs: bool
+    engine,
+    request,
+    adapter: AdapterLocation | None,
+    prompt_ids: list[int],
+    max_tokens,
+    top_n: int,
+    prompt_logprobs: bool,
 ):
     """Validate through LoRAX's rules and build `n` jobs (seeds seed, seed+1, ... when a seed is given)."""
-    engine = http_request.app.state.client.ready_engine()
     if max_tokens is not None and max_tokens <= 0:
         field = (
             "max_completion_tokens"
@@ -137,7 +143,6 @@ def _jobs(
     if problem:
         raise validation_error(problem.replace("`max_new_tokens`", "`max_tokens`"))
     params = dataclasses.replace(params, max_new_tokens=max_tokens)
-    adapter = locate_adapter(engine, request.model, request.adapter_source)
     jobs = []
     for i in range(request.n):
         seed = None if request.seed is None else request.seed + i
@@ -187,8 +192,9 @@ def _top_dict(tokenizer, top: list[tuple[int, float]] | None) -> dict[str, float
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, http_request: Request):
-    _name_the_base_model(http_request, body)
-    label_request(http_request, http_request.app.state.client.ready_engine(), body.model, body.adapter_source)
+    engine = http_request.app.state.client.ready_engine()
+    _name_the_base_model(engine, body)
+    adapter = resolve_adapter(http_request, engine, body.model, body.adapter_source)
     _unsupported(body)
     if body.suffix:
         raise validation_error("`suffix` is not supported by this server yet")
@@ -196,7 +202,6 @@ async def completions(body: CompletionRequest, http_request: Request):
         raise validation_error("`best_of` other than `n` is not supported by this server yet")
     if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
         raise validation_error(f"`logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
-    engine = http_request.app.state.client.ready_engine()
     prompts = _prompts(engine, body.prompt)
     want_logprobs = body.logprobs is not None
     # echo with max_tokens 0 scores the prompt (lm-evaluation-harness's loglikelihood, as vLLM serves
@@ -207,8 +212,9 @@ async def completions(body: CompletionRequest, http_request: Request):
     jobs: list[Job] = []
     for _, ids in prompts:
         jobs += _jobs(
-            http_request,
+            engine,
             body,
+            adapter,
             ids,
             1 if scoring else body.max_tokens,
             body.logprobs or 0,
@@ -339,8 +345,9 @@ def _chat_logprobs(tokenizer, tokens: list[TokenOutput]) -> dict:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, http_request: Request):
-    _name_the_base_model(http_request, body)
-    label_request(http_request, http_request.app.state.client.ready_engine(), body.model, body.adapter_source)
+    engine = http_request.app.state.client.ready_engine()
+    _name_the_base_model(engine, body)
+    adapter = resolve_adapter(http_request, engine, body.model, body.adapter_source)
     _unsupported(body)
     if body.tools:
         raise validation_error("`tools` are not supported by this server yet")
@@ -349,11 +356,9 @@ async def chat_completions(body: ChatRequest, http_request: Request):
             raise validation_error("`top_logprobs` requires `logprobs` to be true")
         if not 0 <= body.top_logprobs <= MAX_LOGPROBS:
             raise validation_error(f"`top_logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
-    engine = http_request.app.state.client.ready_engine()
-    adapter = locate_adapter(engine, body.model, body.adapter_source)
     prompt_ids = render_chat(engine.tokenizer, body.messages, adapter)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    jobs = _jobs(http_request, body, prompt_ids, max_tokens, body.top_logprobs or 0, False)
+    jobs = _jobs(engine, body, adapter, prompt_ids, max_tokens, body.top_logprobs or 0, False)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     stops = _stops(body.stop)
     if body.stream:
