@@ -228,11 +228,9 @@ def sse(payload: dict) -> str:
 async def stream_events(http_request: Request, body: GenerateRequest, job: Job) -> AsyncIterator[str]:
     generator: Generator = http_request.app.state.generator
     tokenizer = http_request.app.state.client.engine.tokenizer
-    tokens = 0
     ended = False
     try:
         async for output in generator.outputs(job):
-            tokens = output.prompt_tokens + output.generated_tokens
             yield sse(stream_event(tokenizer, body, job, output))
         ended = True
     except ApiError as error:
@@ -240,7 +238,7 @@ async def stream_events(http_request: Request, body: GenerateRequest, job: Job) 
         generator.metrics.count(job.adapter_id, error.error_type)
         yield sse(error.body())
     finally:
-        generator.end(http_request, tokens, cancelled=not ended, adapter_id=job.adapter_id)
+        generator.end(http_request, [job], cancelled=not ended)
 
 
 _OPTIONAL = frozenset({"alternative_tokens", "best_of_sequences"})

@@ -63,14 +63,13 @@ class Generator:
         self.limiter.check(caller_of(http_request))
         self.client.admit()
 
-    def end(
-        self, http_request: Request, tokens: int, cancelled: bool = False, adapter_id: str | None = None
-    ) -> None:
-        """Give back the place; `cancelled`: a stream the client left before its end (counted as such)."""
+    def end(self, http_request: Request, jobs: list[Job], cancelled: bool = False) -> None:
+        """Give back the place and charge the caller the tokens the engine computed for `jobs`, finished
+        or not; `cancelled`: a stream the client left before its end (counted as such)."""
         self.client.release()
-        self.limiter.record_tokens(caller_of(http_request), tokens)
+        self.limiter.record_tokens(caller_of(http_request), sum(job.tokens_used for job in jobs))
         if cancelled:
-            self.metrics.count(adapter_id, "cancelled")
+            self.metrics.count(jobs[0].adapter_id, "cancelled")
 
     async def outputs(self, job: Job) -> AsyncIterator[RequestOutput]:
         """The engine outputs of one sequence; raises ApiError on an engine error or the timeout.
@@ -129,8 +128,7 @@ class Generator:
                 # it must not escape: the hang-up is a 499 (counted by the error handler), not a 500.
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-            # what the engine did counts, also for requests that timed out, failed or were left
-            self.end(http_request, sum(job.tokens_used for job in jobs))
+            self.end(http_request, jobs)
         if disconnected:
             raise ApiError(499, "client disconnected", "cancelled")
         return work.result()

@@ -463,13 +463,9 @@ def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict])
     generator.begin(http_request)
 
     async def events() -> AsyncIterator[str]:
-        tokens = 0
         ended = False
         try:
             async for payload in chunks:
-                usage = payload.get("usage")
-                if usage:
-                    tokens = usage["total_tokens"]
                 yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
             ended = True
             yield "data: [DONE]\n\n"
@@ -478,7 +474,7 @@ def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict])
             generator.metrics.count(jobs[0].adapter_id, error.error_type)
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:
-            generator.end(http_request, tokens, cancelled=not ended, adapter_id=jobs[0].adapter_id)
+            generator.end(http_request, jobs, cancelled=not ended)
 
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **_adapter_header(jobs[0])}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

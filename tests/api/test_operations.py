@@ -125,6 +125,17 @@ def test_token_rate_limit(llama_dir):
         assert "retry-after" in refused.headers
 
 
+def test_token_rate_limit_counts_openai_streams_without_usage(llama_dir):
+    """An OpenAI stream is charged its tokens whether or not it asked for `usage` (it was charged 0)."""
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config, rate_limit_tokens=10) as running:
+        body = {"model": "", "prompt": "Hello", "max_tokens": 20, "stream": True, "ignore_eos_token": True}
+        with httpx.stream("POST", running.url + "/v1/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200 and list(response.iter_lines())
+        refused = httpx.post(running.url + "/v1/completions", json=body, timeout=30)
+        assert refused.status_code == 429 and "tokens per minute" in refused.json()["error"]
+
+
 def test_token_rate_limit_counts_requests_that_timed_out(llama_dir):
     """The tokens a request made the engine compute count, also when it ended in a 504 (it counted 0)."""
     config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, max_total_tokens=512)
