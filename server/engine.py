@@ -8,6 +8,7 @@ go back through each request's sink, called on the engine thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -174,6 +175,8 @@ class Engine:
         request_id: str | None = None,
         adapter: AdapterLocation | None = None,
     ) -> Request:
+        if params.top_k > self.info.vocab_size:  # keeps every token; past int64 it broke the step's tensor
+            params = dataclasses.replace(params, top_k=self.info.vocab_size)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         request = Request(
             request_id=request_id or uuid.uuid4().hex,

@@ -70,10 +70,7 @@ class SamplingBatch:
         sampling = [p.sampling for p in params]
         return cls(
             temperature=floats([p.temperature if p.sampling else 1.0 for p in params]),
-            # a top_k past the vocabulary keeps every token (and could overflow int64)
-            top_k=torch.tensor([min(p.top_k, vocab_size) for p in params], dtype=torch.int64).to(
-                device, non_blocking=True
-            ),
+            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64).to(device, non_blocking=True),
             top_p=floats([p.top_p for p in params]),
             typical_p=floats([p.typical_p for p in params]),
             repetition_penalty=floats(repetition),
@@ -85,7 +82,7 @@ class SamplingBatch:
             ).to(device, non_blocking=True),
             all_tokens=all_tokens,
             output_tokens=output_tokens,
-            max_top_k=max((min(p.top_k, vocab_size) for p in params if p.sampling), default=0),
+            max_top_k=max((p.top_k for p in params if p.sampling), default=0),
             max_top_n=max((p.top_n_tokens for p in params), default=0),
             any_sampling=any(sampling),
             any_top_p=any(p.sampling and p.top_p < 1.0 for p in params),
