@@ -147,8 +147,14 @@ def run_peft(
                 model = PeftModel.from_pretrained(model, root / wanted[0], adapter_name=wanted[0]).eval()
                 loaded.append(wanted[0])
             for adapter_id in wanted[len(loaded) :]:
+                if clock.left < estimate + 10:  # peft loads each adapter in seconds on large models
+                    break
                 model.load_adapter(root / adapter_id, adapter_name=adapter_id)
                 loaded.append(adapter_id)
+            if len(loaded) < count:
+                reason = f"time budget: ran out loading adapters ({len(loaded)} of {count} loaded)"
+                skipped.append({"system": "peft", "adapters": count, "reason": reason})
+                continue
             run_spec = dataclasses.replace(spec, adapters=tuple(wanted))
         else:
             run_spec = dataclasses.replace(spec, popularity="base", adapters=())
