@@ -103,16 +103,21 @@ def test_staggered_arrivals_with_cold_loads(base_dir, adapter_root, peft_referen
 def test_a_thinning_batch_moves_adapters_down_the_stack_and_still_matches_peft(
     base_dir, adapter_root, peft_references
 ):
-    """Requests end one after another, so the CPU LoRA stack moves later adapters into their places."""
+    """Requests end one after another, so the CPU LoRA stack moves later adapters into their places.
+
+    On GPU there is no stack (the segmented kernels read the slots); the outputs are checked all the same.
+    """
     engine = make_engine(base_dir, adapter_root, preload_adapters=tuple(ADAPTERS))
     records = capture_logits(engine)
     moves = []
     stack = engine.runner.lora_stack
-    move = stack._move
-    stack._move = lambda source, target: (moves.append((source, target)), move(source, target))
+    if stack is not None:
+        move = stack._move
+        stack._move = lambda source, target: (moves.append((source, target)), move(source, target))
     requests = [make_request(engine, a, PROMPTS[i], 3 + 3 * i, f"r{i}") for i, a in enumerate(ADAPTERS)]
     engine.generate(requests)
-    assert moves, "the batch should have thinned out from its low positions"
+    if stack is not None:
+        assert moves, "the batch should have thinned out from its low positions"
     for adapter_id, request in zip(ADAPTERS, requests, strict=True):
         assert request.num_output_tokens == request.params.max_new_tokens
         assert_matches_reference(peft_references[adapter_id], request, records)
