@@ -24,7 +24,7 @@ from loraplex.kernels import resolve_backend
 from .adapters.manager import AdapterManager, make_reader
 from .adapters.slots import AdapterSlots, slot_bytes
 from .adapters.sources import AdapterLocation, AdapterSources
-from .batch import ScheduledBatch
+from .batch import ScheduledBatch, ScheduledRow, StepOutput
 from .config import ConfigError, EngineConfig, Limits, resolve_limits
 from .cuda_graphs import DecodeGraphs, supports_paged_decode
 from .kv_cache import BlockAllocator, KVCache
@@ -253,8 +253,11 @@ class Engine:
         try:
             step = self.runner.run(batch)
         except Exception as error:  # noqa: BLE001 - a failed step fails its requests, not the engine
-            return self._fail_batch(batch, error)
+            return self._isolate_failure(batch, error)
         self._consecutive_failures = 0
+        return self._finish_step(batch, step)
+
+    def _finish_step(self, batch: ScheduledBatch, step: StepOutput) -> list[RequestOutput]:
         self.num_steps += 1
         self.num_batched_rows += len(batch.rows)
         self.last_batch_size = len(batch.rows)
@@ -272,15 +275,52 @@ class Engine:
             if request.sink is not None:
                 request.sink(output)
 
+    def _isolate_failure(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
+        """A step of several requests failed: run each request's rows alone, so that one request that
+        breaks the model fails by itself and the others go on (a retried row computes the same KV slots
+        and tokens it would have). Only when every request fails alone, or the step held one request,
+        does the failure count towards marking the engine fatal."""
+        by_request: dict[str, list[ScheduledRow]] = {}
+        for row in batch.rows:
+            by_request.setdefault(row.request.request_id, []).append(row)
+        if len(by_request) == 1:
+            return self._fail_batch(batch, error)
+        logger.warning(
+            "engine step of %d requests failed (%s: %s); running each alone",
+            len(by_request), type(error).__name__, error,
+        )  # fmt: skip
+        outputs: list[RequestOutput] = []
+        failures: list[tuple[Request, Exception]] = []
+        for rows in by_request.values():
+            alone = ScheduledBatch(rows=rows)
+            try:
+                step = self.runner.run(alone)
+            except Exception as own_error:  # noqa: BLE001 - this request's own failure
+                failures.append((rows[0].request, own_error))
+                continue
+            outputs += self._finish_step(alone, step)
+        if len(failures) == len(by_request):
+            return self._fail_batch(batch, error)
+        self._consecutive_failures = 0
+        for request, own_error in failures:
+            logger.error("request %s failed alone", request.request_id, exc_info=own_error)
+            outputs += self._fail_requests([request], own_error)
+        return outputs
+
     def _fail_batch(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
-        logger.exception("engine step failed")
+        """Fail the batch's requests; after _MAX_CONSECUTIVE_FAILURES such steps in a row, every
+        request, and the engine stops serving."""
+        logger.error("engine step failed", exc_info=error)
         self._consecutive_failures += 1
         if self._consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
             self.fatal_error = f"{type(error).__name__}: {error}"
-        outputs = []
         requests = [row.request for row in batch.rows]
         if self.fatal_error:
             requests = list(self._requests.values())
+        return self._fail_requests(requests, error)
+
+    def _fail_requests(self, requests: list[Request], error: Exception) -> list[RequestOutput]:
+        outputs = []
         for request in requests:
             self.scheduler.abort(request.request_id)
             message = f"generation failed: {type(error).__name__}: {error}"

@@ -238,3 +238,39 @@ def test_engine_errors_do_not_stop_the_server(llama_dir, route):
         assert "injected failure" in failed.json()["error"]
         assert httpx.post(running.url + route, json=body).status_code == 200
         running.wait_idle()
+
+
+def test_a_request_that_breaks_the_step_fails_alone_over_http(llama_dir):
+    """Five concurrent generations, one of which makes every step it is in raise: it gets a 424, the
+    others their full 200s, and the engine stays up."""
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config) as running:
+        engine = running.engine
+        poison = engine.tokenizer("poison pill").input_ids
+        run = engine.runner.run
+
+        def failing_with_poison(batch):
+            if any(row.request.prompt_token_ids == poison for row in batch.rows):
+                raise RuntimeError("injected failure")
+            return run(batch)
+
+        engine.runner.run = failing_with_poison
+
+        async def together():
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                bodies = [
+                    {
+                        "inputs": text,
+                        "parameters": {"max_new_tokens": 12, "ignore_eos_token": True, "details": True},
+                    }
+                    for text in ("Hello", "poison pill", "Hi there", "One two", "Three")
+                ]
+                return await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
+
+        responses = asyncio.run(together())
+        assert [r.status_code for r in responses] == [200, 424, 200, 200, 200]
+        assert "injected failure" in responses[1].json()["error"]
+        assert all(r.json()["details"]["generated_tokens"] == 12 for r in responses if r.status_code == 200)
+        assert engine.fatal_error is None
+        assert httpx.get(running.url + "/health").status_code == 200
+        running.wait_idle()
