@@ -9,6 +9,7 @@ is not implemented is refused with the name of the field.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -255,13 +256,16 @@ def load_adapter(
     tensors = read_tensors(adapter_id, path)
     weights = build_weights(adapter_id, path, config, tensors, num_layers, out_slices, in_features, dtype)
     if base_model_id and weights.base_model and _model_name(weights.base_model) != _model_name(base_model_id):
-        logger.warning(
-            "adapter %r was trained on %r, serving it on %r (shapes fit)",
-            adapter_id,
-            weights.base_model,
-            base_model_id,
-        )
+        _warn_other_base(adapter_id, weights.base_model, base_model_id)
     return weights
+
+
+@functools.cache
+def _warn_other_base(adapter_id: str, trained_on: str, serving_on: str) -> None:
+    """Once per adapter and base, not again each time an evicted adapter is read back."""
+    logger.warning(
+        "adapter %r was trained on %r, serving it on %r (shapes fit)", adapter_id, trained_on, serving_on
+    )
 
 
 def _model_name(model_id: str) -> str:

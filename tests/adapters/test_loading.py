@@ -1,11 +1,13 @@
 """Background loading: a slow load stalls nobody, concurrent requests load once, the API and tiers."""
 
 import asyncio
+import logging
 import threading
 import time
 
 import httpx
 import pytest
+from adapter_factory import build_adapter, edit_config
 from server_harness import serve
 
 from loraplex.server.config import EngineConfig
@@ -76,6 +78,25 @@ def test_a_small_host_cache_never_drops_an_adapter_its_waiting_requests_need(bas
     engine.generate(requests)
     assert all(r.num_output_tokens == 3 for r in requests)
     assert engine.adapters.stats.loads == len(activations), (engine.adapters.stats, len(activations))
+
+
+def test_an_adapter_trained_on_another_base_is_warned_about_once(base_dir, tmp_path, caplog):
+    """Evicted and read back from disk again and again, it is named in the log once."""
+    for name, seed in (("other", 1), ("second", 2)):
+        build_adapter(base_dir, tmp_path / name, seed=seed, r=4, target_modules=["q_proj"])
+    edit_config(tmp_path / "other", base_model_name_or_path="someone/another-model")
+    engine = make_engine(base_dir, tmp_path, max_active_adapters=1, adapter_cpu_cache=1)
+    caplog.set_level(logging.WARNING, logger="loraplex")
+    for i in range(3):
+        engine.generate(
+            [make_request(engine, name, "Hello world", 2, f"{name}{i}") for name in ("other", "second")]
+        )
+    assert engine.adapters.stats.loads >= 4  # "other" was read from disk more than once
+    warnings = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
+    assert warnings == [
+        "adapter 'other' was trained on 'someone/another-model', serving it on "
+        f"{engine.info.model_id!r} (shapes fit)"
+    ]
 
 
 def test_one_adapter_under_several_spellings_loads_once(base_dir, adapter_root):
