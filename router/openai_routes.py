@@ -27,7 +27,7 @@ from .generate import resolve_adapter
 from .generation import Completion, Generator, Job
 from .openai_schemas import ChatRequest, CompletionRequest
 from .schemas import Parameters
-from .stop_text import StopTrimmer, cut_at_stop
+from .stop_text import StopTrimmer, cut_at_stop, find_stop
 from .validation import check_text, to_sampling_params
 
 router = APIRouter()
@@ -39,6 +39,15 @@ def _finish_reason(reason: FinishReason | None) -> str | None:
     if reason is None:
         return None
     return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def _stop_reason(last: RequestOutput, stops: list[str]) -> str | None:
+    """vLLM's `stop_reason`: the stop sequence that ended the text (None for an end-of-sequence token or
+    the length limit)."""
+    if last.finish_reason is not FinishReason.STOP_SEQUENCE:
+        return None
+    found = find_stop(last.generated_text or "", stops)
+    return found[1] if found else None
 
 
 def _adapter_header(job: Job) -> dict[str, str]:
@@ -248,6 +257,7 @@ async def completions(body: CompletionRequest, http_request: Request):
                 "text": (prompt_text if body.echo else "") + text,
                 "logprobs": logprobs,
                 "finish_reason": "length" if scoring else _finish_reason(completion.last.finish_reason),
+                "stop_reason": None if scoring else _stop_reason(completion.last, stops),
             }
         )
     usage = _usage_for(finished, len(prompts), body.n)
@@ -278,13 +288,20 @@ async def _completion_chunks(
     finals: dict[int, RequestOutput] = {}
     offsets = [len(text) for text in texts]  # text_offset runs on from the prompt, as without streaming
 
-    def chunk(index: int, text: str, finish_reason, logprobs=None) -> dict:
+    def chunk(index: int, text: str, finish_reason, logprobs=None, stop_reason=None) -> dict:
+        choice = {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+            "stop_reason": stop_reason,
+        }
         return {
             "id": response_id,
             "object": "text_completion",
             "created": created,
             "model": body.model,
-            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "choices": [choice],
         }
 
     if body.echo:
@@ -299,7 +316,7 @@ async def _completion_chunks(
         reason = _finish_reason(output.finish_reason) if output.finished else None
         if output.finished:
             finals[index] = output
-        yield chunk(index, text, reason, logprobs)
+        yield chunk(index, text, reason, logprobs, _stop_reason(output, stops))
     if body.stream_options and body.stream_options.include_usage:
         outputs = [finals[i] for i in sorted(finals)]
         yield _usage_chunk(
@@ -373,6 +390,7 @@ async def chat_completions(body: ChatRequest, http_request: Request):
             "message": {"role": "assistant", "content": cut_at_stop(c.last.generated_text or "", stops)},
             "logprobs": _chat_logprobs(engine.tokenizer, c.tokens) if body.logprobs else None,
             "finish_reason": _finish_reason(c.last.finish_reason),
+            "stop_reason": _stop_reason(c.last, stops),
         }
         for index, c in enumerate(finished)
     ]
@@ -393,15 +411,20 @@ async def _chat_chunks(http_request, body, jobs, response_id, created, stops) ->
     finals: dict[int, RequestOutput] = {}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(index: int, delta: dict, finish_reason=None, logprobs=None) -> dict:
+    def chunk(index: int, delta: dict, finish_reason=None, logprobs=None, **extra) -> dict:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+            **extra,
+        }
         payload = {
             "id": response_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": body.model,
-            "choices": [
-                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-            ],
+            "choices": [choice],
         }
         if include_usage:
             payload["usage"] = None
@@ -416,7 +439,9 @@ async def _chat_chunks(http_request, body, jobs, response_id, created, stops) ->
             yield chunk(index, {"content": text}, None, logprobs)
         if output.finished:
             finals[index] = output
-            yield chunk(index, {}, _finish_reason(output.finish_reason))
+            reason = _finish_reason(output.finish_reason)
+            # vLLM's stop_reason, on the chunk that carries the finish reason only
+            yield chunk(index, {}, reason, stop_reason=_stop_reason(output, stops))
     if include_usage:
         outputs = [finals[i] for i in sorted(finals)]
         yield _usage_chunk(response_id, "chat.completion.chunk", created, body.model, outputs, 1, body.n)

@@ -7,9 +7,19 @@ sequence, so no part of a stop sequence is ever sent.
 from __future__ import annotations
 
 
+def find_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """Where the text ends and the stop sequence that ends it: the earliest occurrence of any stop
+    sequence, the shortest of those starting there (the one generation reached first); None if none."""
+    found = [(i, len(s), s) for s in stops if (i := text.find(s)) >= 0]
+    if not found:
+        return None
+    index, _, stop = min(found)
+    return index, stop
+
+
 def cut_at_stop(text: str, stops: list[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
+    found = find_stop(text, stops)
+    return text if found is None else text[: found[0]]
 
 
 class StopTrimmer:

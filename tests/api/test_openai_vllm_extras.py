@@ -1,0 +1,78 @@
+"""vLLM's additions to the OpenAI routes, through the real `openai` package: `stop_reason` on choices,
+`stream_options.continuous_usage_stats`, and chat `echo`."""
+
+import json
+import shutil
+
+import openai
+import pytest
+from server_harness import serve
+
+from loraplex.server.config import EngineConfig
+
+TEMPLATE = (
+    "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+MESSAGES = [{"role": "user", "content": "Tell me"}]
+GREEDY = dict(model="", temperature=0, extra_body={"ignore_eos_token": True})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, llama_dir):
+    model = tmp_path_factory.mktemp("vllm-extras") / "chat-model"
+    shutil.copytree(llama_dir, model)
+    config_path = model / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "chat_template": TEMPLATE}))
+    config = EngineConfig(model_id=str(model), max_batch_total_tokens=8192, max_total_tokens=256)
+    with serve(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _complete(client, route: str, stream: bool, **arguments) -> tuple[str, str, str | None, list]:
+    """(text, finish_reason, stop_reason, chunks) of one choice, streamed or not."""
+    if route == "chat":
+        result = client.chat.completions.create(messages=MESSAGES, stream=stream, **GREEDY, **arguments)
+    else:
+        result = client.completions.create(prompt="Tell me", stream=stream, **GREEDY, **arguments)
+    if not stream:
+        choice = result.choices[0]
+        text = choice.message.content if route == "chat" else choice.text
+        return text, choice.finish_reason, choice.stop_reason, []
+    chunks = list(result)
+    choices = [c.choices[0] for c in chunks if c.choices]
+    text = "".join((c.delta.content or "") if route == "chat" else c.text for c in choices)
+    last = [c for c in choices if c.finish_reason is not None]
+    assert len(last) == 1
+    return text, last[0].finish_reason, last[0].stop_reason, chunks
+
+
+def _earliest_stop_last(text: str) -> list[str]:
+    """Two stop sequences found in `text`, the one found first listed last."""
+    early = text[3:5]
+    late = next(text[i : i + 2] for i in range(8, len(text) - 1) if text.find(text[i : i + 2]) > 3)
+    assert text.find(early) < text.find(late)
+    return [late, early]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("route", ["completions", "chat"])
+def test_stop_reason_is_the_stop_sequence_that_ended_the_text(client, route, stream):
+    full, reason, stop_reason, _ = _complete(client, route, stream, max_tokens=16)
+    assert (reason, stop_reason) == ("length", None)
+    stops = _earliest_stop_last(full)
+    text, reason, stop_reason, chunks = _complete(client, route, stream, max_tokens=16, stop=stops)
+    assert text == full[: full.index(stops[1])]
+    assert (reason, stop_reason) == ("stop", stops[1])
+    unmatched = _complete(client, route, stream, max_tokens=16, stop=["\x00never"])
+    assert unmatched[1:3] == ("length", None)
+    if stream and route == "completions":  # vLLM's completion chunks carry it always, null until the end
+        assert [c.choices[0].stop_reason for c in chunks if c.choices][:-1] == [None] * (len(chunks) - 1)
+    if stream and route == "chat":  # vLLM's chat chunks carry it on the finishing chunk only
+        carrying = [c for c in chunks if c.choices and "stop_reason" in c.choices[0].model_extra]
+        assert [c.choices[0].finish_reason for c in carrying] == ["stop"]
