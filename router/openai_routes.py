@@ -159,10 +159,15 @@ def _jobs(
     return jobs
 
 
-def _usage(completions_or_outputs) -> dict:
-    prompt = completions_or_outputs[0].prompt_tokens if completions_or_outputs else 0
-    generated = sum(o.generated_tokens for o in completions_or_outputs)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _continuous_usage(body) -> bool:
+    """vLLM's `continuous_usage_stats`: every chunk carries its choice's usage so far (with `include_usage`
+    only, as in vLLM)."""
+    options = body.stream_options
+    return bool(options and options.include_usage and options.continuous_usage_stats)
 
 
 def _token_text(tokenizer, token_id: int) -> str:
@@ -276,8 +281,7 @@ async def completions(body: CompletionRequest, http_request: Request):
 
 def _usage_for(finished: list[Completion], num_prompts: int, n: int) -> dict:
     prompt = sum(finished[i * n].last.prompt_tokens for i in range(num_prompts))
-    generated = sum(c.last.generated_tokens for c in finished)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return _usage(prompt, sum(c.last.generated_tokens for c in finished))
 
 
 async def _completion_chunks(
@@ -287,6 +291,8 @@ async def _completion_chunks(
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
     offsets = [len(text) for text in texts]  # text_offset runs on from the prompt, as without streaming
+    continuous = _continuous_usage(body)
+    generated = [0] * len(jobs)
 
     def chunk(index: int, text: str, finish_reason, logprobs=None, stop_reason=None) -> dict:
         choice = {
@@ -296,19 +302,23 @@ async def _completion_chunks(
             "finish_reason": finish_reason,
             "stop_reason": stop_reason,
         }
-        return {
+        payload = {
             "id": response_id,
             "object": "text_completion",
             "created": created,
             "model": body.model,
             "choices": [choice],
         }
+        if continuous:
+            payload["usage"] = _usage(len(jobs[index].prompt_ids), generated[index])
+        return payload
 
     if body.echo:
         for index, text in enumerate(texts):
             yield chunk(index, text, None)
     async for index, output in _merged(http_request, jobs):
         text = trimmers[index].feed(output.token.text, output.finished, output.generated_text or "")
+        generated[index] = output.generated_tokens
         logprobs = None
         if body.logprobs is not None:
             logprobs = _completion_logprobs(tokenizer, [output.token], None, False, offsets[index])
@@ -334,8 +344,7 @@ def _usage_chunk(
     response_id, obj, created, model, outputs: list[RequestOutput], num_prompts: int, n: int
 ) -> dict:
     prompt = sum(outputs[i * n].prompt_tokens for i in range(min(num_prompts, len(outputs) // max(n, 1))))
-    generated = sum(o.generated_tokens for o in outputs)
-    usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    usage = _usage(prompt, sum(o.generated_tokens for o in outputs))
     return {
         "id": response_id,
         "object": obj,
@@ -410,6 +419,8 @@ async def _chat_chunks(http_request, body, jobs, response_id, created, stops) ->
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    continuous = _continuous_usage(body)
+    generated = [0] * len(jobs)
 
     def chunk(index: int, delta: dict, finish_reason=None, logprobs=None, **extra) -> dict:
         choice = {
@@ -427,13 +438,14 @@ async def _chat_chunks(http_request, body, jobs, response_id, created, stops) ->
             "choices": [choice],
         }
         if include_usage:
-            payload["usage"] = None
+            payload["usage"] = _usage(len(jobs[index].prompt_ids), generated[index]) if continuous else None
         return payload
 
     for index in range(len(jobs)):
         yield chunk(index, {"role": "assistant", "content": ""})
     async for index, output in _merged(http_request, jobs):
         text = trimmers[index].feed(output.token.text, output.finished, output.generated_text or "")
+        generated[index] = output.generated_tokens
         logprobs = _chat_logprobs(tokenizer, [output.token]) if body.logprobs else None
         if text or logprobs:
             yield chunk(index, {"content": text}, None, logprobs)

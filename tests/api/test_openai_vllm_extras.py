@@ -76,3 +76,61 @@ def test_stop_reason_is_the_stop_sequence_that_ended_the_text(client, route, str
     if stream and route == "chat":  # vLLM's chat chunks carry it on the finishing chunk only
         carrying = [c for c in chunks if c.choices and "stop_reason" in c.choices[0].model_extra]
         assert [c.choices[0].finish_reason for c in carrying] == ["stop"]
+
+
+def _usages_by_choice(chunks) -> dict[int, list[tuple[int, int, int]]]:
+    by_choice: dict[int, list[tuple[int, int, int]]] = {}
+    for c in chunks:
+        if c.choices:
+            u = c.usage
+            by_choice.setdefault(c.choices[0].index, []).append(
+                (u.prompt_tokens, u.completion_tokens, u.total_tokens)
+            )
+    return by_choice
+
+
+def test_completion_continuous_usage_counts_each_choice_so_far(client, server):
+    prompts = ["Hello", "The quick brown fox"]
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(
+        client.completions.create(
+            prompt=prompts, max_tokens=5, echo=True, stream=True, stream_options=options, **GREEDY
+        )
+    )
+    lengths = [len(server.engine.tokenizer(p).input_ids) for p in prompts]
+    for index, length in enumerate(lengths):  # the echoed prompt first (nothing generated), then each token
+        expected = [(length, k, length + k) for k in range(6)]
+        assert _usages_by_choice(chunks)[index] == expected
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    assert chunks[-1].usage.prompt_tokens == sum(lengths)
+    for stream_options in ({"include_usage": True}, {"continuous_usage_stats": True}):
+        plain = list(
+            client.completions.create(
+                prompt=prompts, max_tokens=5, stream=True, stream_options=stream_options, **GREEDY
+            )
+        )
+        assert all(c.usage is None for c in plain if c.choices)
+
+
+def test_chat_continuous_usage_counts_each_choice_so_far(client, server):
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(
+        client.chat.completions.create(
+            messages=MESSAGES, n=2, max_tokens=4, stream=True, stream_options=options, **GREEDY
+        )
+    )
+    final = chunks[-1].usage
+    assert chunks[-1].choices == [] and final.completion_tokens == 8
+    for counts in _usages_by_choice(chunks).values():
+        # the role chunk (nothing generated yet), a chunk per token with text, the finishing chunk
+        assert counts[0] == (final.prompt_tokens, 0, final.prompt_tokens)
+        assert counts[-1] == (final.prompt_tokens, 4, final.prompt_tokens + 4)
+        generated = [completion for _, completion, _ in counts]
+        assert generated == sorted(generated) and len(counts) >= 3
+        assert all(total == prompt + completion for prompt, completion, total in counts)
+    plain = list(
+        client.chat.completions.create(
+            messages=MESSAGES, max_tokens=4, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
+    assert all(c.usage is None for c in plain[:-1]) and plain[-1].usage.completion_tokens == 4
