@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from loraplex.server.adapters.sources import AdapterLocation
 from loraplex.server.request import FinishReason, RequestOutput, TokenOutput
 
-from .chat_template import render_chat
+from .chat_template import message_text, render_chat
 from .errors import ApiError, validation_error
 from .generate import resolve_adapter
 from .generation import Completion, Generator, Job
@@ -369,6 +369,13 @@ def _chat_logprobs(tokenizer, tokens: list[TokenOutput]) -> dict:
     }
 
 
+def _echoed(body: ChatRequest) -> str:
+    """vLLM's chat `echo`: the reply starts with the last message's content when that message is the
+    assistant's (the role of every reply here)."""
+    last = body.messages[-1]
+    return message_text(last.content) if body.echo and last.role == "assistant" else ""
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, http_request: Request):
     engine = http_request.app.state.client.ready_engine()
@@ -391,12 +398,16 @@ async def chat_completions(body: ChatRequest, http_request: Request):
         return _stream(
             http_request, jobs, _chat_chunks(http_request, body, jobs, response_id, created, stops)
         )
+    echoed = _echoed(body)
     generator: Generator = http_request.app.state.generator
     finished = await generator.complete(jobs, http_request)
     choices = [
         {
             "index": index,
-            "message": {"role": "assistant", "content": cut_at_stop(c.last.generated_text or "", stops)},
+            "message": {
+                "role": "assistant",
+                "content": echoed + cut_at_stop(c.last.generated_text or "", stops),
+            },
             "logprobs": _chat_logprobs(engine.tokenizer, c.tokens) if body.logprobs else None,
             "finish_reason": _finish_reason(c.last.finish_reason),
             "stop_reason": _stop_reason(c.last, stops),
@@ -443,6 +454,10 @@ async def _chat_chunks(http_request, body, jobs, response_id, created, stops) ->
 
     for index in range(len(jobs)):
         yield chunk(index, {"role": "assistant", "content": ""})
+    echoed = _echoed(body)
+    if echoed:
+        for index in range(len(jobs)):
+            yield chunk(index, {"content": echoed})
     async for index, output in _merged(http_request, jobs):
         text = trimmers[index].feed(output.token.text, output.finished, output.generated_text or "")
         generated[index] = output.generated_tokens

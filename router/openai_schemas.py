@@ -70,3 +70,4 @@ class ChatRequest(_Common):
     top_logprobs: int | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+    echo: bool = False  # vLLM's: the reply starts with the last message when it is the assistant's

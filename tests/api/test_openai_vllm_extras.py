@@ -134,3 +134,33 @@ def test_chat_continuous_usage_counts_each_choice_so_far(client, server):
         )
     )
     assert all(c.usage is None for c in plain[:-1]) and plain[-1].usage.completion_tokens == 4
+
+
+def _chat_texts(client, messages, stream: bool, echo: bool = False) -> tuple[list[str], list]:
+    """The text of each of two choices, and the chunks' choices when streamed."""
+    result = client.chat.completions.create(
+        model="",
+        messages=messages,
+        n=2,
+        max_tokens=6,
+        temperature=0,
+        stream=stream,
+        extra_body={"ignore_eos_token": True, "echo": echo},
+    )
+    if not stream:
+        return [c.message.content for c in result.choices], []
+    chunks = [c.choices[0] for c in result]
+    return ["".join(c.delta.content or "" for c in chunks if c.index == i) for i in (0, 1)], chunks
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_chat_echo_starts_the_reply_with_the_last_assistant_message(client, stream):
+    """vLLM's chat `echo`: the last message's content comes first when that message is the assistant's."""
+    partial = [*MESSAGES, {"role": "assistant", "content": "Once upon"}]
+    plain, _ = _chat_texts(client, partial, stream)
+    echoed, chunks = _chat_texts(client, partial, stream, echo=True)
+    assert echoed == ["Once upon" + text for text in plain]
+    if stream:  # one chunk per choice, right after the role chunks
+        assert [(c.index, c.delta.content) for c in chunks[2:4]] == [(0, "Once upon"), (1, "Once upon")]
+    # the last message is the user's: nothing to echo
+    assert _chat_texts(client, MESSAGES, stream, echo=True)[0] == _chat_texts(client, MESSAGES, stream)[0]
