@@ -19,6 +19,7 @@ from .engine_client import EngineClient, Status
 from .errors import ApiError, install_error_handlers
 from .generation import Generator
 from .metrics import Metrics
+from .validation import MAX_BEST_OF
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,28 @@ async def _load(client: EngineClient, on_load_failure: Callable[[str], None] | N
         on_load_failure(client.load_error)
 
 
+# TGI's and LoRAX's /info fields for things this server does not have (no hub lookup, no build
+# stamps, no waiting-ratio batching, no validation worker pool, no cap on prompts per request,
+# no request logger, no eager-prefill switch): present, as their clients expect, and null.
+_NOT_APPLICABLE = (
+    "model_sha", "model_pipeline_tag", "waiting_served_ratio", "max_waiting_tokens",
+    "validation_workers", "max_client_batch_size", "request_logger_url", "eager_prefill",
+)  # fmt: skip
+
+
 def _info(client: EngineClient) -> dict:
-    body: dict = {"status": client.status.value, "version": package_version()}
+    body: dict = {
+        "status": client.status.value,
+        "router": "loraplex",
+        "version": package_version(),
+        "sha": None,
+        "docker_label": None,
+    }
     engine = client.engine
     if engine is None:
         return body
     info = engine.info
+    body.update(dict.fromkeys(_NOT_APPLICABLE))
     body.update(
         model_id=info.model_id,
         model_path=info.model_path,
@@ -117,7 +134,9 @@ def _info(client: EngineClient) -> dict:
         model_device_type=info.device.split(":")[0],
         device=info.device,
         max_input_length=info.limits.max_input_length,
+        max_input_tokens=info.limits.max_input_length,  # TGI's newer name
         max_total_tokens=info.limits.max_total_tokens,
+        max_best_of=MAX_BEST_OF,
         max_batch_total_tokens=info.kv_cache_tokens,
         max_batch_prefill_tokens=info.max_batch_prefill_tokens,
         max_batch_size=info.max_batch_size,

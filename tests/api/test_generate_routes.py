@@ -120,3 +120,23 @@ def test_concurrent_requests_are_batched_and_each_correct(server, llama_referenc
     assert steps < len(prompts) * 16, "requests were not batched together"
     for prompt, ids in zip(prompts, results, strict=True):
         assert ids == reference_greedy(llama_reference, server.engine.tokenizer(prompt).input_ids, 16)
+
+
+def test_info_answers_every_tgi_and_lorax_field(server):
+    """TGI's and LoRAX's /info fields, with this server's limits where it has them and null where it has
+    no such thing (the conftest server: inputs 64, total 256, KV cache 8192 tokens, 64 in flight)."""
+    info = httpx.get(server.url + "/info").json()
+    assert info["model_id"] == server.engine.info.model_id and info["router"] == "loraplex"
+    assert (info["model_dtype"], info["model_device_type"]) == ("float32", "cpu")
+    limits = ("max_input_length", "max_input_tokens", "max_total_tokens", "max_batch_total_tokens")
+    assert [info[name] for name in limits] == [64, 64, 256, 8192]
+    assert info["max_concurrent_requests"] == 64 and info["max_batch_size"] == 256
+    assert (info["max_best_of"], info["max_stop_sequences"]) == (4, 4)
+    assert isinstance(info["version"], str) and info["version"]
+    absent = (
+        "model_sha", "model_pipeline_tag", "waiting_served_ratio", "max_waiting_tokens",
+        "validation_workers", "max_client_batch_size", "sha", "docker_label", "request_logger_url",
+        "eager_prefill",
+    )  # fmt: skip
+    assert {name: info[name] for name in absent} == dict.fromkeys(absent)
+    assert info["status"] == "ready" and info["architecture"] == "LlamaForCausalLM"
