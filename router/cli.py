@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 from loraplex.server.config import ConfigError, EngineConfig
@@ -188,7 +189,37 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def listen_error(host: str, port: int) -> str | None:
+    """Why the server could not listen on `host:port`, or None if it can.
+
+    Binds, then releases, every address uvicorn will listen on, the way asyncio's `create_server`
+    binds them (SO_REUSEADDR; IPv6 sockets IPv6-only; families the system lacks skipped), so that a
+    taken port is refused before the model loads rather than after.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            try:
+                probe = socket.socket(family, kind, proto)
+            except OSError:
+                continue
+            with probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"cannot listen on {where}: {reason[:1].lower()}{reason[1:]}"
+    return None
+
+
 def serve(args: argparse.Namespace) -> None:
+    problem = listen_error(args.host, args.port)
+    if problem:
+        fail(problem)
+
     import uvicorn
 
     from loraplex.server.engine import Engine

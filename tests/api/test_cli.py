@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 
@@ -59,6 +60,20 @@ def test_unsupported_architecture(tmp_path, llama_dir):
     config.update(architectures=["GPT2LMHeadModel"], model_type="gpt2")
     (folder / "config.json").write_text(json.dumps(config))
     assert_one_clear_line(run_cli("serve", "--model-id", str(folder)), "GPT2LMHeadModel", "LlamaForCausalLM")
+
+
+def test_a_taken_port_is_refused_before_the_model_loads(llama_dir):
+    """It used to load the model, then fail at bind with uvicorn's log lines and exit 3."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli("serve", "--model-id", str(llama_dir), "--port", str(port))
+        elapsed = time.monotonic() - started
+    assert_one_clear_line(result, f"cannot listen on 127.0.0.1:{port}: address already in use")
+    assert result.returncode == 2
+    assert elapsed < 5, elapsed  # the CLI's imports and argument parsing only, no torch, no model
 
 
 def test_impossible_limits(llama_dir):
