@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,8 @@ from .errors import ApiError, install_error_handlers
 from .generation import Generator
 from .metrics import Metrics
 from .validation import MAX_BEST_OF
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,15 @@ def _count_error(metrics: Metrics, request: Request, error: ApiError) -> None:
 
 
 async def _load(client: EngineClient, on_load_failure: Callable[[str], None] | None) -> None:
+    """Build the engine; a failure goes to `on_load_failure` (the CLI prints it as it exits) or, with
+    no one to report it, to the log: once either way."""
     await client.load()
-    if client.load_error and on_load_failure is not None:
+    if not client.load_error:
+        return
+    if on_load_failure is not None:
         on_load_failure(client.load_error)
+    else:
+        logger.error("the engine failed to start: %s", client.load_error)
 
 
 # TGI's and LoRAX's /info fields for things this server does not have (no hub lookup, no build

@@ -50,10 +50,9 @@ class EngineClient:
         """Build the engine on a worker thread so the server answers /health (503) meanwhile."""
         try:
             self.engine = await asyncio.to_thread(self._factory)
-        except Exception as error:  # noqa: BLE001 - reported once, the process then exits
+        except Exception as error:  # noqa: BLE001 - the app reports it once, the process then exits
             self.load_error = f"{type(error).__name__}: {error}"
             self._status = Status.ERRORED
-            logger.error("failed to load the model: %s", error)
         else:
             self.engine.start()
             self._status = Status.READY

@@ -76,6 +76,16 @@ def test_a_taken_port_is_refused_before_the_model_loads(llama_dir):
     assert elapsed < 5, elapsed  # the CLI's imports and argument parsing only, no torch, no model
 
 
+def test_a_failed_adapter_preload_is_reported_once(llama_dir):
+    """It was logged as it happened, then printed again as the process exited."""
+    result = run_cli("serve", "--model-id", str(llama_dir), "--preload-adapter", "nothing")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    reason = "adapter 'nothing': not found under the adapter roots and not a hub id"
+    output = result.stdout + result.stderr
+    assert output.count(reason) == 1, output
+    assert result.stderr.splitlines()[-1] == f"loraplex: error: AdapterNotFoundError: {reason}"
+
+
 def test_impossible_limits(llama_dir):
     result = run_cli("serve", "--model-id", str(llama_dir), "--max-total-tokens", "100000")
     assert result.returncode != 0 and "Traceback" not in result.stderr
