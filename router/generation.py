@@ -8,7 +8,9 @@ stream of engine outputs, and raises `ApiError` with the right status for everyt
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -20,8 +22,9 @@ from loraplex.server.request import RequestOutput, SamplingParams, TokenOutput
 from .auth import RateLimiter, caller_of
 from .engine_client import EngineClient
 from .errors import ApiError, error_status
-from .metrics import Metrics
+from .metrics import BASE_MODEL_LABEL, Metrics
 
+logger = logging.getLogger(__name__)
 TIMEOUT = "request_timeout"
 
 
@@ -31,10 +34,17 @@ class Job:
     params: SamplingParams
     adapter: AdapterLocation | None = None
     tokens_used: int = 0  # prompt + generated so far: what the token rate limit counts, finished or not
+    last: RequestOutput | None = None  # the latest engine output (the final one once finished)
+    first_token_at: float | None = None  # monotonic time its first token reached the HTTP side
+    error_type: str | None = None  # of the ApiError that ended it
 
     @property
     def adapter_id(self) -> str | None:
         return self.adapter.adapter_id if self.adapter else None
+
+    @property
+    def finished(self) -> bool:
+        return self.last is not None and self.last.finished and self.error_type is None
 
 
 @dataclass
@@ -62,6 +72,8 @@ class Generator:
         """Rate limit, then take a concurrency place (429 either way when full)."""
         self.limiter.check(caller_of(http_request))
         self.client.admit()
+        http_request.state.log_id = uuid.uuid4().hex[:12]
+        http_request.state.admitted = time.monotonic()
 
     def end(self, http_request: Request, jobs: list[Job], cancelled: bool = False) -> None:
         """Give back the place and charge the caller the tokens the engine computed for `jobs`, finished
@@ -70,6 +82,8 @@ class Generator:
         self.limiter.record_tokens(caller_of(http_request), sum(job.tokens_used for job in jobs))
         if cancelled:
             self.metrics.count(jobs[0].adapter_id, "cancelled")
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("request %s", request_summary(http_request, jobs, cancelled, time.monotonic()))
 
     async def outputs(self, job: Job) -> AsyncIterator[RequestOutput]:
         """The engine outputs of one sequence; raises ApiError on an engine error or the timeout.
@@ -93,14 +107,20 @@ class Generator:
                     ) from None
                 if output.error:
                     raise ApiError(error_status(output.error_type), output.error, output.error_type)
+                job.last = output
                 job.tokens_used = output.prompt_tokens + output.generated_tokens
                 now = time.monotonic()
                 if previous is not None:
                     self.metrics.observe_token_gap(now - previous)
+                else:
+                    job.first_token_at = now
                 previous = now
                 if output.finished:
                     self.metrics.observe_finished(job.adapter_id, output, arrival, now)
                 yield output
+        except ApiError as error:
+            job.error_type = error.error_type
+            raise
         finally:
             await stream.aclose()
 
@@ -132,6 +152,41 @@ class Generator:
         if disconnected:
             raise ApiError(499, "client disconnected", "cancelled")
         return work.result()
+
+
+def request_summary(http_request: Request, jobs: list[Job], cancelled: bool, now: float) -> str:
+    """One request's log line fields, as `key=value`. Times are in ms: `queue` in the engine until first
+    scheduled, `ttft` and `total` from admission; `-` where there was none."""
+    admitted = http_request.state.admitted
+    reasons = [job.last.finish_reason.value for job in jobs if job.finished and job.last.finish_reason]
+    times = [job.last.times for job in jobs if job.finished and job.last.times]
+    queued = [t.scheduled - t.arrival for t in times if t.scheduled is not None]
+    first_tokens = [job.first_token_at for job in jobs if job.first_token_at is not None]
+    fields = {
+        "id": http_request.state.log_id,
+        "route": http_request.url.path,
+        "adapter": jobs[0].adapter_id or BASE_MODEL_LABEL,
+        "prompt_tokens": sum(len(job.prompt_ids) for job in jobs),
+        "generated_tokens": sum(job.last.generated_tokens for job in jobs if job.last),
+        "outcome": _outcome(jobs, cancelled),
+        "finish_reason": ",".join(reasons) or "-",
+        "queue_ms": _ms(min(queued)) if queued else "-",
+        "ttft_ms": _ms(min(first_tokens) - admitted) if first_tokens else "-",
+        "total_ms": _ms(now - admitted),
+    }
+    return " ".join(f"{key}={value}" for key, value in fields.items())
+
+
+def _outcome(jobs: list[Job], cancelled: bool) -> str:
+    """The error type that ended a sequence, else `cancelled` if the client left before the end, else `ok`."""
+    errors = [job.error_type for job in jobs if job.error_type]
+    if errors:
+        return errors[0]
+    return "ok" if not cancelled and all(job.finished for job in jobs) else "cancelled"
+
+
+def _ms(seconds: float) -> int:
+    return round(max(seconds, 0.0) * 1000)
 
 
 async def _until_disconnected(http_request: Request) -> None:

@@ -105,6 +105,8 @@ def test_serve_starts_logs_a_summary_and_generates(llama_dir):
         output, _ = process.communicate(timeout=30)
     summary = [line for line in output.splitlines() if "ready: model=" in line]
     assert summary, output
+    logged = [line for line in output.splitlines() if "INFO loraplex.router.generation: request id=" in line]
+    assert len(logged) == 1 and "route=/generate adapter=base" in logged[0], output
     for field in (
         "architecture=LlamaForCausalLM",
         "dtype=float32",
@@ -113,6 +115,19 @@ def test_serve_starts_logs_a_summary_and_generates(llama_dir):
         "kv_tokens=4096",
     ):
         assert field in summary[0]
+
+
+def test_log_level_warning_leaves_out_info_lines(llama_dir):
+    process, url = start_server(llama_dir, "--log-level", "warning")
+    try:
+        response = httpx.post(
+            url + "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}}
+        )
+        assert response.status_code == 200
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert " INFO " not in output and "request id=" not in output, output
 
 
 def start_server(model_dir, *extra: str) -> tuple[subprocess.Popen, str]:

@@ -274,3 +274,79 @@ def test_a_request_that_breaks_the_step_fails_alone_over_http(llama_dir):
         assert engine.fatal_error is None
         assert httpx.get(running.url + "/health").status_code == 200
         running.wait_idle()
+
+
+def request_log_lines(caplog, count: int, timeout: float = 10) -> list[dict[str, str]]:
+    """The fields of each per-request log line, once there are `count` of them (a left stream's comes
+    when the server sees the client leave)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "loraplex.router.generation" and r.levelname == "INFO"
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(lines) == count, lines
+    assert all(line.startswith("request ") for line in lines), lines
+    return [dict(field.split("=", 1) for field in line.split()[1:]) for line in lines]
+
+
+def test_each_generation_request_is_logged_once_with_its_numbers(llama_dir, tmp_path, caplog):
+    from adapter_factory import build_adapter
+
+    caplog.set_level("INFO", logger="loraplex.router.generation")
+    build_adapter(llama_dir, tmp_path / "a0", seed=0, r=2, target_modules=["q_proj"])
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, adapter_dirs=(str(tmp_path),))
+    with serve(config) as running:
+        url = running.url
+        prompt_tokens = len(running.engine.tokenizer("Hello world").input_ids)
+        body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 5, "ignore_eos_token": True}}
+        assert httpx.post(url + "/generate", json=body).status_code == 200
+        completion = {
+            "model": "a0",
+            "prompt": "Hello world",
+            "max_tokens": 3,
+            "n": 2,
+            "ignore_eos_token": True,
+        }
+        assert httpx.post(url + "/v1/completions", json=completion).status_code == 200
+        long = {"inputs": "Hello world", "parameters": {"max_new_tokens": 400, "ignore_eos_token": True}}
+        with httpx.stream("POST", url + "/generate_stream", json=long) as response:
+            next(line for line in response.iter_lines() if line.startswith("data:"))
+        request_log_lines(caplog, 3)  # the stream's line, once the server saw the client leave
+        running.wait_idle()
+        run = running.engine.runner.run
+
+        def failing(batch):
+            running.engine.runner.run = run
+            raise RuntimeError("injected failure")
+
+        running.engine.runner.run = failing
+        assert httpx.post(url + "/generate", json=body).status_code == 424
+        logged = request_log_lines(caplog, 4)
+
+    ok, choices, left, failed = logged
+    assert {k: v for k, v in ok.items() if not k.endswith("_ms") and k != "id"} == {
+        "route": "/generate",
+        "adapter": "base",
+        "prompt_tokens": str(prompt_tokens),
+        "generated_tokens": "5",
+        "outcome": "ok",
+        "finish_reason": "length",
+    }
+    assert 0 <= int(ok["queue_ms"]) <= int(ok["ttft_ms"]) <= int(ok["total_ms"]) < 60_000
+    assert (choices["route"], choices["adapter"], choices["outcome"]) == ("/v1/completions", "a0", "ok")
+    assert (choices["prompt_tokens"], choices["generated_tokens"]) == (str(2 * prompt_tokens), "6")
+    assert choices["finish_reason"] == "length,length"
+    assert (left["route"], left["outcome"], left["finish_reason"], left["queue_ms"]) == (
+        "/generate_stream",
+        "cancelled",
+        "-",
+        "-",
+    )
+    assert 1 <= int(left["generated_tokens"]) < 400 and int(left["ttft_ms"]) <= int(left["total_ms"])
+    assert (failed["outcome"], failed["generated_tokens"], failed["ttft_ms"]) == ("generation", "0", "-")
+    assert len({line["id"] for line in logged}) == 4 and all(len(line["id"]) == 12 for line in logged)
