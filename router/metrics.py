@@ -139,7 +139,8 @@ class EngineCollector:
         allocator = engine.allocator
         used = allocator.num_blocks - allocator.num_free_blocks
         yield _gauge("loraplex_kv_cache_blocks_used", "KV cache blocks in use", used)
-        yield _gauge("loraplex_kv_cache_blocks_total", "KV cache blocks in the pool", allocator.num_blocks)
+        # Not "_total": Prometheus keeps that suffix for counters.
+        yield _gauge("loraplex_kv_cache_blocks_capacity", "KV cache blocks in the pool", allocator.num_blocks)
         yield _gauge(
             "loraplex_kv_cache_usage_ratio",
             "Fraction of KV cache blocks in use",

@@ -43,7 +43,10 @@ def test_metrics_after_a_known_workload(llama_dir):
     assert metric(text, "loraplex_inter_token_latency_seconds_count") == 4 * 4
     assert metric(text, "loraplex_running_requests") == 0 and metric(text, "loraplex_waiting_requests") == 0
     assert metric(text, "loraplex_kv_cache_usage_ratio") == 0
-    assert metric(text, "loraplex_kv_cache_blocks_total") == 256
+    assert metric(text, "loraplex_kv_cache_blocks_capacity") == 256
+    assert metric(text, "loraplex_kv_cache_blocks_used") == 0
+    gauges = re.findall(r"^# TYPE (\S+) gauge$", text, re.MULTILINE)
+    assert gauges and not [name for name in gauges if name.endswith("_total")]  # the counters' suffix
     assert metric(text, "loraplex_engine_steps_total") >= 5
     assert metric(text, "loraplex_adapters_resident", '{tier="gpu"}') == 0
     assert metric(text, "loraplex_batch_size") == 0  # idle
