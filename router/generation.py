@@ -133,9 +133,11 @@ class Generator:
         return Completion(tokens, last)
 
     async def complete(self, jobs: list[Job], http_request: Request) -> list[Completion]:
-        """Run sequences concurrently to the end; a client that hangs up meanwhile aborts them all."""
+        """Run sequences concurrently to the end. A client that hangs up meanwhile, or one sequence that
+        fails, aborts them all: the request's place is given back only once none is left running."""
         self.begin(http_request)
-        work = asyncio.ensure_future(asyncio.gather(*(self._complete(job) for job in jobs)))
+        sequences = [asyncio.ensure_future(self._complete(job)) for job in jobs]
+        work = asyncio.ensure_future(asyncio.gather(*sequences))
         watcher = asyncio.ensure_future(_until_disconnected(http_request))
         disconnected = False
         try:
@@ -143,11 +145,12 @@ class Generator:
             disconnected = not work.done()
         finally:
             watcher.cancel()
-            if not work.done():
-                # A cancelled gather ends with CancelledError as its exception, not as cancelled();
-                # it must not escape: the hang-up is a 499 (counted by the error handler), not a 500.
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
+            running = [sequence for sequence in sequences if not sequence.done()]
+            for sequence in running:
+                sequence.cancel()
+            # A cancelled gather ends with CancelledError as its exception, not as cancelled(); it
+            # must not escape: a hang-up is a 499 (counted by the error handler), not a 500.
+            await asyncio.gather(work, *running, return_exceptions=True)
             self.end(http_request, jobs)
         if disconnected:
             raise ApiError(499, "client disconnected", "cancelled")

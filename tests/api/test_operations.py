@@ -243,6 +243,34 @@ def test_engine_errors_do_not_stop_the_server(llama_dir, route):
         running.wait_idle()
 
 
+def test_one_failed_sequence_ends_its_siblings(llama_dir):
+    """n=2 completions whose first sequence breaks every step it is in: the 424 comes back, and the other
+    sequence is aborted then, not left generating with its place already given back."""
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config) as running:
+        engine = running.engine
+        run, first = engine.runner.run, []
+
+        def failing_first_sequence(batch):
+            first[:] = first or [batch.rows[0].request.request_id]
+            if any(row.request.request_id == first[0] for row in batch.rows):
+                raise RuntimeError("injected failure")
+            time.sleep(0.01)  # 300 steps: seconds, so a sibling left running is still running below
+            return run(batch)
+
+        engine.runner.run = failing_first_sequence
+        aborted = engine.num_aborted
+        body = {"model": "", "prompt": "Hi", "max_tokens": 300, "n": 2, "ignore_eos": True}
+        failed = httpx.post(running.url + "/v1/completions", json=body, timeout=30)
+        assert failed.status_code == 424 and "injected failure" in failed.json()["error"]
+        deadline = time.monotonic() + 1.0
+        while engine.num_running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.num_running == 0
+        assert engine.num_aborted == aborted + 1
+        running.wait_idle()
+
+
 def test_a_request_that_breaks_the_step_fails_alone_over_http(llama_dir):
     """Five concurrent generations, one of which makes every step it is in raise: it gets a 424, the
     others their full 200s, and the engine stays up."""
