@@ -76,13 +76,19 @@ class ApiKeyAuth:
 
 
 class RateLimiter:
-    """Sliding one-minute windows of request arrivals and of tokens (prompt + generated) per caller."""
+    """Sliding one-minute windows of request arrivals and of tokens (prompt + generated) per caller.
+
+    A request in flight holds a reservation of the most tokens it may use (its prompts plus their
+    `max_new_tokens`), counted against the limit until it ends and is charged what it used: without it,
+    a burst of concurrent requests would all pass before any of them was charged.
+    """
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None):
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self._requests: dict[str, deque[float]] = defaultdict(deque)
         self._tokens: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._reserved: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
     @property
@@ -96,8 +102,9 @@ class RateLimiter:
         while tokens and tokens[0][0] <= now - WINDOW_SECONDS:
             tokens.popleft()
 
-    def check(self, caller: str) -> None:
-        """Count one request for `caller`, or raise 429 with the seconds until it would fit."""
+    def check(self, caller: str, reserve: int = 0) -> None:
+        """Count one request for `caller` and reserve `reserve` tokens for it, or raise 429 with the
+        seconds until it would fit."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -107,16 +114,28 @@ class RateLimiter:
             if self.requests_per_minute and len(requests) >= self.requests_per_minute:
                 retry = requests[0] + WINDOW_SECONDS - now
                 raise _limited(f"rate limit of {self.requests_per_minute} requests per minute reached", retry)
-            used = sum(n for _, n in tokens)
+            used = sum(n for _, n in tokens) + self._reserved[caller]
             if self.tokens_per_minute and used >= self.tokens_per_minute:
-                retry = tokens[0][0] + WINDOW_SECONDS - now
+                # Charged tokens leave the window a minute after they were charged; reservations
+                # come back as their requests end.
+                retry = tokens[0][0] + WINDOW_SECONDS - now if tokens else 1.0
                 raise _limited(f"rate limit of {self.tokens_per_minute} tokens per minute reached", retry)
             requests.append(now)
+            if self.tokens_per_minute:
+                self._reserved[caller] += reserve
 
-    def record_tokens(self, caller: str, count: int) -> None:
-        if self.tokens_per_minute and count:
-            with self._lock:
-                self._tokens[caller].append((time.monotonic(), count))
+    def settle(self, caller: str, reserved: int, used: int) -> None:
+        """A request that reserved `reserved` tokens ended (or never started) having used `used`."""
+        if not self.tokens_per_minute:
+            return
+        with self._lock:
+            left = self._reserved[caller] - reserved
+            if left > 0:
+                self._reserved[caller] = left
+            else:
+                del self._reserved[caller]
+            if used:
+                self._tokens[caller].append((time.monotonic(), used))
 
 
 def _limited(message: str, retry_after: float) -> ApiError:

@@ -256,7 +256,7 @@ def _prune(value):
 def stream_response(http_request: Request, body: GenerateRequest) -> StreamingResponse:
     job = prepare(http_request, body, streaming=True)[0]
     generator: Generator = http_request.app.state.generator
-    generator.begin(http_request)
+    generator.begin(http_request, [job])
     return StreamingResponse(
         stream_events(http_request, body, job),
         media_type="text/event-stream",

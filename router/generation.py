@@ -68,10 +68,18 @@ class Generator:
         self.limiter = limiter
         self.request_timeout = request_timeout
 
-    def begin(self, http_request: Request) -> None:
-        """Rate limit, then take a concurrency place (429 either way when full)."""
-        self.limiter.check(caller_of(http_request))
-        self.client.admit()
+    def begin(self, http_request: Request, jobs: list[Job]) -> None:
+        """Rate limit (reserving the most tokens `jobs` may use), then take a concurrency place (429
+        either way when full)."""
+        caller = caller_of(http_request)
+        reserved = sum(len(job.prompt_ids) + job.params.max_new_tokens for job in jobs)
+        self.limiter.check(caller, reserved)
+        try:
+            self.client.admit()
+        except ApiError:
+            self.limiter.settle(caller, reserved, 0)
+            raise
+        http_request.state.reserved_tokens = reserved
         http_request.state.log_id = uuid.uuid4().hex[:12]
         http_request.state.admitted = time.monotonic()
 
@@ -79,7 +87,8 @@ class Generator:
         """Give back the place and charge the caller the tokens the engine computed for `jobs`, finished
         or not; `cancelled`: a stream the client left before its end (counted as such)."""
         self.client.release()
-        self.limiter.record_tokens(caller_of(http_request), sum(job.tokens_used for job in jobs))
+        used = sum(job.tokens_used for job in jobs)
+        self.limiter.settle(caller_of(http_request), http_request.state.reserved_tokens, used)
         if cancelled:
             self.metrics.count(jobs[0].adapter_id, "cancelled")
         if logger.isEnabledFor(logging.INFO):
@@ -135,7 +144,7 @@ class Generator:
     async def complete(self, jobs: list[Job], http_request: Request) -> list[Completion]:
         """Run sequences concurrently to the end. A client that hangs up meanwhile, or one sequence that
         fails, aborts them all: the request's place is given back only once none is left running."""
-        self.begin(http_request)
+        self.begin(http_request, jobs)
         sequences = [asyncio.ensure_future(self._complete(job)) for job in jobs]
         work = asyncio.ensure_future(asyncio.gather(*sequences))
         watcher = asyncio.ensure_future(_until_disconnected(http_request))

@@ -512,7 +512,7 @@ async def _merged(http_request: Request, jobs: list[Job]) -> AsyncIterator[tuple
 
 def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict]) -> StreamingResponse:
     generator: Generator = http_request.app.state.generator
-    generator.begin(http_request)
+    generator.begin(http_request, jobs)
 
     async def events() -> AsyncIterator[str]:
         ended = False

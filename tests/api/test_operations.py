@@ -9,6 +9,8 @@ import httpx
 import pytest
 from server_harness import serve
 
+from loraplex.router.auth import RateLimiter
+from loraplex.router.errors import ApiError
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
 
@@ -126,6 +128,44 @@ def test_token_rate_limit(llama_dir):
         refused = httpx.post(running.url + "/generate", json=body)
         assert refused.status_code == 429 and "tokens per minute" in refused.json()["error"]
         assert "retry-after" in refused.headers
+
+
+def test_token_rate_limit_holds_against_a_burst(llama_dir):
+    """Six requests at once, each able to use the whole limit: the first reserves it, the others get 429
+    (all six ran, as none had been charged yet when the others came)."""
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096)
+    with serve(config, rate_limit_tokens=30) as running:
+        run = running.engine.runner.run
+
+        def slower(batch):  # 30 steps: the first request is still running when the others come
+            time.sleep(0.02)
+            return run(batch)
+
+        running.engine.runner.run = slower
+        body = {"inputs": "Hello", "parameters": {"max_new_tokens": 30, "ignore_eos_token": True}}
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+                return await asyncio.gather(*(client.post("/generate", json=body) for _ in range(6)))
+
+        codes = sorted(r.status_code for r in asyncio.run(burst()))
+        assert codes == [200, 429, 429, 429, 429, 429]
+        running.wait_idle()
+
+
+def test_rate_limiter_reservations_come_back_when_requests_end():
+    limiter = RateLimiter(None, 100)
+    limiter.check("k", 50)
+    limiter.check("k", 60)  # 50 reserved, under 100: it may start
+    with pytest.raises(ApiError) as refused:
+        limiter.check("k", 1)  # 110 reserved
+    assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "1"}
+    limiter.settle("k", 50, 5)  # 60 reserved and 5 charged
+    limiter.check("k", 10)
+    limiter.settle("k", 60, 0)
+    limiter.settle("k", 10, 10)
+    assert limiter._reserved == {} and sum(n for _, n in limiter._tokens["k"]) == 15
+    limiter.check("other", 1000)  # each caller its own
 
 
 def test_token_rate_limit_counts_openai_streams_without_usage(llama_dir):
