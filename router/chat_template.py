@@ -1,10 +1,17 @@
-"""Chat prompts: the adapter's own chat template when its folder ships one, else the base model's."""
+"""Chat prompts: the adapter's own chat template when its folder ships one, else the base model's,
+rendered with vLLM's chat extras (`add_generation_prompt`, `continue_final_message`,
+`chat_template_kwargs`)."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+import jinja2
 
 from loraplex.server.adapters.sources import HUB, AdapterLocation
 
@@ -57,8 +64,60 @@ def message_text(content) -> str:
     return "".join(parts)
 
 
-def render_chat(tokenizer, messages, adapter: AdapterLocation | None) -> list[int]:
-    """Token ids of the conversation, ending where the assistant's reply starts."""
+@dataclass(frozen=True)
+class ChatOptions:
+    """How the conversation is rendered: vLLM's chat extras of one request."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# Keys vLLM refuses in `chat_template_kwargs`; `tools` too, since tools are not served here.
+_REFUSED_KWARGS = ("chat_template", "tokenize", "tools")
+
+
+def chat_options(body) -> ChatOptions:
+    """The request's chat extras, refused where vLLM (with its default flags) refuses them."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    if body.chat_template is not None or kwargs.get("chat_template") is not None:
+        raise validation_error(
+            "`chat_template` is not accepted: a chat template sent with a request is refused "
+            "(as vLLM refuses it unless started with --trust-request-chat-template)"
+        )
+    refused = [key for key in _REFUSED_KWARGS if key in kwargs]
+    if refused:
+        raise validation_error(f"`chat_template_kwargs` cannot set {', '.join(map(repr, refused))}")
+    if body.continue_final_message and body.add_generation_prompt:
+        implicit = "add_generation_prompt" not in body.model_fields_set
+        raise validation_error(
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+            + (" (`add_generation_prompt` defaults to true)" if implicit else "")
+        )
+    # As in vLLM, the request's own fields win over the same names in chat_template_kwargs.
+    kwargs.pop("add_generation_prompt", None)
+    kwargs.pop("continue_final_message", None)
+    return ChatOptions(body.add_generation_prompt, body.continue_final_message, kwargs)
+
+
+def reply_role(messages, options: ChatOptions) -> str:
+    """vLLM's role of the reply: the assistant's after a generation prompt, else the last message's."""
+    return "assistant" if options.add_generation_prompt else messages[-1].role
+
+
+def _template_variables(tokenizer, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs that reach the template: those naming a parameter of `apply_chat_template` itself
+    (padding, return_dict, ...) only shape its tokenized output, which is not used here."""
+    own = inspect.signature(tokenizer.apply_chat_template).parameters
+    return {k: v for k, v in kwargs.items() if k not in own or k == "documents"}
+
+
+def render_chat(
+    tokenizer, messages, adapter: AdapterLocation | None, options: ChatOptions | None = None
+) -> list[int]:
+    """Token ids of the conversation: ending where the assistant's reply starts (with a generation
+    prompt), where the last message ends (without), or inside the last message (continued)."""
+    options = options or ChatOptions()
     template = adapter_template(adapter) or getattr(tokenizer, "chat_template", None)
     if not template:
         raise validation_error(
@@ -66,7 +125,15 @@ def render_chat(tokenizer, messages, adapter: AdapterLocation | None) -> list[in
             "use /v1/completions or /generate"
         )
     conversation = [{"role": m.role, "content": message_text(m.content)} for m in messages]
-    text = tokenizer.apply_chat_template(
-        conversation, chat_template=template, tokenize=False, add_generation_prompt=True
-    )
+    try:
+        text = tokenizer.apply_chat_template(
+            conversation,
+            **_template_variables(tokenizer, options.template_kwargs),
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=options.add_generation_prompt,
+            continue_final_message=options.continue_final_message,
+        )
+    except (ValueError, TypeError, jinja2.TemplateError) as error:
+        raise validation_error(f"the chat template could not be rendered: {error}") from error
     return tokenizer(check_text(text, "messages"), add_special_tokens=False).input_ids

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from loraplex.server.adapters.sources import AdapterLocation
 from loraplex.server.request import FinishReason, RequestOutput, TokenOutput
 
-from .chat_template import message_text, render_chat
+from .chat_template import chat_options, message_text, render_chat, reply_role
 from .errors import ApiError, validation_error
 from .generate import resolve_adapter
 from .generation import Completion, Generator, Job
@@ -369,11 +369,11 @@ def _chat_logprobs(tokenizer, tokens: list[TokenOutput]) -> dict:
     }
 
 
-def _echoed(body: ChatRequest) -> str:
-    """vLLM's chat `echo`: the reply starts with the last message's content when that message is the
-    assistant's (the role of every reply here)."""
+def _echoed(body: ChatRequest, role: str) -> str:
+    """vLLM's chat `echo`: the reply starts with the last message's content when that message has the
+    reply's role."""
     last = body.messages[-1]
-    return message_text(last.content) if body.echo and last.role == "assistant" else ""
+    return message_text(last.content) if body.echo and last.role == role else ""
 
 
 @router.post("/v1/chat/completions")
@@ -389,23 +389,25 @@ async def chat_completions(body: ChatRequest, http_request: Request):
             raise validation_error("`top_logprobs` requires `logprobs` to be true")
         if not 0 <= body.top_logprobs <= MAX_LOGPROBS:
             raise validation_error(f"`top_logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
-    prompt_ids = render_chat(engine.tokenizer, body.messages, adapter)
+    options = chat_options(body)
+    prompt_ids = render_chat(engine.tokenizer, body.messages, adapter, options)
+    role = reply_role(body.messages, options)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     jobs = _jobs(engine, body, adapter, prompt_ids, max_tokens, body.top_logprobs or 0, False)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     stops = _stops(body.stop)
     if body.stream:
         return _stream(
-            http_request, jobs, _chat_chunks(http_request, body, jobs, response_id, created, stops)
+            http_request, jobs, _chat_chunks(http_request, body, jobs, response_id, created, stops, role)
         )
-    echoed = _echoed(body)
+    echoed = _echoed(body, role)
     generator: Generator = http_request.app.state.generator
     finished = await generator.complete(jobs, http_request)
     choices = [
         {
             "index": index,
             "message": {
-                "role": "assistant",
+                "role": role,
                 "content": echoed + cut_at_stop(c.last.generated_text or "", stops),
             },
             "logprobs": _chat_logprobs(engine.tokenizer, c.tokens) if body.logprobs else None,
@@ -425,7 +427,9 @@ async def chat_completions(body: ChatRequest, http_request: Request):
     return JSONResponse(payload, headers=_adapter_header(jobs[0]))
 
 
-async def _chat_chunks(http_request, body, jobs, response_id, created, stops) -> AsyncIterator[dict]:
+async def _chat_chunks(
+    http_request, body, jobs, response_id, created, stops, role: str
+) -> AsyncIterator[dict]:
     tokenizer = http_request.app.state.client.engine.tokenizer
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
@@ -453,8 +457,8 @@ async def _chat_chunks(http_request, body, jobs, response_id, created, stops) ->
         return payload
 
     for index in range(len(jobs)):
-        yield chunk(index, {"role": "assistant", "content": ""})
-    echoed = _echoed(body)
+        yield chunk(index, {"role": role, "content": ""})
+    echoed = _echoed(body, role)
     if echoed:
         for index in range(len(jobs)):
             yield chunk(index, {"content": echoed})

@@ -71,3 +71,8 @@ class ChatRequest(_Common):
     tools: list[Any] | None = None
     tool_choice: Any = None
     echo: bool = False  # vLLM's: the reply starts with the last message when it is the assistant's
+    # vLLM's chat-template extras (a request's own `chat_template` is refused, as vLLM does by default)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None

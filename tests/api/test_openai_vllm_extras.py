@@ -1,9 +1,10 @@
 """vLLM's additions to the OpenAI routes, through the real `openai` package: `stop_reason` on choices,
-`stream_options.continuous_usage_stats`, and chat `echo`."""
+`stream_options.continuous_usage_stats`, chat `echo`, and the chat-template extras."""
 
 import json
 import shutil
 
+import httpx
 import openai
 import pytest
 from server_harness import serve
@@ -11,7 +12,7 @@ from server_harness import serve
 from loraplex.server.config import EngineConfig
 
 TEMPLATE = (
-    "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{{ preamble | default('') }}{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
 )
 MESSAGES = [{"role": "user", "content": "Tell me"}]
@@ -164,3 +165,90 @@ def test_chat_echo_starts_the_reply_with_the_last_assistant_message(client, stre
         assert [(c.index, c.delta.content) for c in chunks[2:4]] == [(0, "Once upon"), (1, "Once upon")]
     # the last message is the user's: nothing to echo
     assert _chat_texts(client, MESSAGES, stream, echo=True)[0] == _chat_texts(client, MESSAGES, stream)[0]
+
+
+STORY = [*MESSAGES, {"role": "assistant", "content": "Once upon"}]
+
+
+def _prompt_and_reply(client, server, messages, stream=False, **extra) -> tuple[int | None, str, str]:
+    """The prompt's length in tokens (not streamed), the reply's role and its text."""
+    result = client.chat.completions.create(
+        messages=messages,
+        max_tokens=6,
+        stream=stream,
+        **{**GREEDY, "extra_body": {**GREEDY["extra_body"], **extra}},
+    )
+    if stream:
+        chunks = list(result)
+        role = chunks[0].choices[0].delta.role
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return None, role, text
+    choice = result.choices[0]
+    return result.usage.prompt_tokens, choice.message.role, choice.message.content
+
+
+def _continuation(client, server, prompt: str) -> tuple[int, str]:
+    """Prompt length and greedy reply of `prompt` as exact token ids (no template)."""
+    ids = server.engine.tokenizer(prompt, add_special_tokens=False).input_ids
+    result = client.completions.create(prompt=ids, max_tokens=6, **GREEDY)
+    return result.usage.prompt_tokens, result.choices[0].text
+
+
+@pytest.mark.parametrize(
+    ("extra", "prompt", "role"),
+    [
+        ({}, "<s>user: Tell me\n<s>assistant: Once upon\n<s>assistant:", "assistant"),
+        ({"add_generation_prompt": False}, "<s>user: Tell me\n<s>assistant: Once upon\n", "assistant"),
+        (
+            {"add_generation_prompt": False, "continue_final_message": True},
+            "<s>user: Tell me\n<s>assistant: Once upon",
+            "assistant",
+        ),
+        (
+            {"chat_template_kwargs": {"preamble": "Story time. ", "add_generation_prompt": False}},
+            "Story time. <s>user: Tell me\n<s>assistant: Once upon\n<s>assistant:",
+            "assistant",
+        ),
+    ],
+    ids=["generation-prompt", "none", "continued", "template-kwargs"],
+)
+def test_chat_template_extras_shape_the_prompt(client, server, extra, prompt, role):
+    """vLLM's `add_generation_prompt`, `continue_final_message` and `chat_template_kwargs` (whose own
+    `add_generation_prompt` gives way to the request's): the engine gets the prompt vLLM renders."""
+    length, expected = _continuation(client, server, prompt)
+    assert _prompt_and_reply(client, server, STORY, **extra) == (length, role, expected)
+    assert _prompt_and_reply(client, server, STORY, stream=True, **extra)[1:] == (role, expected)
+
+
+def test_without_generation_prompt_the_reply_has_the_last_messages_role(client, server):
+    """vLLM's reply role: the last message's when no generation prompt is added; echo follows it."""
+    length, expected = _continuation(client, server, "<s>user: Tell me\n")
+    assert _prompt_and_reply(client, server, MESSAGES, add_generation_prompt=False) == (
+        length,
+        "user",
+        expected,
+    )
+    echoed = _prompt_and_reply(client, server, MESSAGES, add_generation_prompt=False, echo=True)
+    assert echoed == (length, "user", "Tell me" + expected)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"continue_final_message": True, "add_generation_prompt": True},
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+        ),
+        ({"continue_final_message": True}, "`add_generation_prompt` defaults to true"),
+        ({"chat_template": "{{ messages }}"}, "`chat_template` is not accepted"),
+        ({"chat_template_kwargs": {"chat_template": "{{ messages }}"}}, "`chat_template` is not accepted"),
+        ({"chat_template_kwargs": {"tokenize": True}}, "`chat_template_kwargs` cannot set 'tokenize'"),
+        ({"chat_template_kwargs": {"messages": []}}, "the chat template could not be rendered"),
+    ],
+    ids=["both", "continue-alone", "template", "template-in-kwargs", "tokenize", "render-error"],
+)
+def test_chat_template_extras_vllm_refuses_are_refused(server, extra, message):
+    body = {"model": "", "messages": STORY, "max_tokens": 2, **extra}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "validation" and message in response.json()["error"]
