@@ -54,6 +54,7 @@ def adapter_template(location: AdapterLocation | None) -> str | None:
 
 
 def message_text(content) -> str:
+    """A message's text: its content parts joined with newlines, as vLLM joins them."""
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
@@ -61,7 +62,7 @@ def message_text(content) -> str:
         if part.type != "text":
             raise validation_error(f"message content of type {part.type!r} is not supported (text only)")
         parts.append(part.text or "")
-    return "".join(parts)
+    return "\n".join(parts)
 
 
 @dataclass(frozen=True)

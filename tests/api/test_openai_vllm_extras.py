@@ -252,3 +252,26 @@ def test_chat_template_extras_vllm_refuses_are_refused(server, extra, message):
     response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 422, response.text
     assert response.json()["error_type"] == "validation" and message in response.json()["error"]
+
+
+def test_content_parts_are_joined_with_newlines(client, server):
+    """vLLM joins a message's text parts with "\\n", in the prompt and in what `echo` repeats."""
+    parts = [{"type": "text", "text": "Tell"}, {"type": "text", "text": "me"}]
+    length, expected = _continuation(client, server, "<s>user: Tell\nme\n<s>assistant:")
+    assert _prompt_and_reply(client, server, [{"role": "user", "content": parts}]) == (
+        length,
+        "assistant",
+        expected,
+    )
+    story = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Once"}, {"type": "text", "text": "upon"}],
+        },
+    ]
+    length, expected = _continuation(client, server, "<s>user: Tell me\n<s>assistant: Once\nupon")
+    continued = _prompt_and_reply(
+        client, server, story, add_generation_prompt=False, continue_final_message=True, echo=True
+    )
+    assert continued == (length, "assistant", "Once\nupon" + expected)
