@@ -35,19 +35,20 @@ MAX_N = 16
 MAX_LOGPROBS = 20
 
 
-def _finish_reason(reason: FinishReason | None) -> str | None:
-    if reason is None:
-        return None
-    return "length" if reason is FinishReason.LENGTH else "stop"
+def _reasons(last: RequestOutput, stops: list[str]) -> tuple[str | None, str | None]:
+    """OpenAI's `finish_reason` and vLLM's `stop_reason` (the stop sequence that ended the text, None for
+    an end-of-sequence token or the length limit); both None until the sequence finishes.
 
-
-def _stop_reason(last: RequestOutput, stops: list[str]) -> str | None:
-    """vLLM's `stop_reason`: the stop sequence that ended the text (None for an end-of-sequence token or
-    the length limit)."""
-    if last.finish_reason is not FinishReason.STOP_SEQUENCE:
-        return None
+    They follow the final text, where the returned text is cut: the engine checks stop sequences as text
+    comes out of its detokenizer, which holds back an incomplete character until the end, so a stop
+    sequence that lies in that last text ends a sequence the engine saw end by length or end-of-sequence.
+    """
+    if last.finish_reason is None:
+        return None, None
     found = find_stop(last.generated_text or "", stops)
-    return found[1] if found else None
+    if found:
+        return "stop", found[1]
+    return "length" if last.finish_reason is FinishReason.LENGTH else "stop", None
 
 
 def _adapter_header(job: Job) -> dict[str, str]:
@@ -249,6 +250,7 @@ async def completions(body: CompletionRequest, http_request: Request):
     choices = []
     for index, (completion, prompt_text) in enumerate(zip(finished, texts, strict=True)):
         text = "" if scoring else cut_at_stop(completion.last.generated_text or "", stops)
+        finish_reason, stop_reason = ("length", None) if scoring else _reasons(completion.last, stops)
         logprobs = None
         if want_logprobs:
             offset = 0 if body.echo else len(prompt_text)
@@ -261,8 +263,8 @@ async def completions(body: CompletionRequest, http_request: Request):
                 "index": index,
                 "text": (prompt_text if body.echo else "") + text,
                 "logprobs": logprobs,
-                "finish_reason": "length" if scoring else _finish_reason(completion.last.finish_reason),
-                "stop_reason": None if scoring else _stop_reason(completion.last, stops),
+                "finish_reason": finish_reason,
+                "stop_reason": stop_reason,
             }
         )
     usage = _usage_for(finished, len(prompts), body.n)
@@ -323,10 +325,10 @@ async def _completion_chunks(
         if body.logprobs is not None:
             logprobs = _completion_logprobs(tokenizer, [output.token], None, False, offsets[index])
             offsets[index] += len(logprobs["tokens"][0])
-        reason = _finish_reason(output.finish_reason) if output.finished else None
+        reason, stop_reason = _reasons(output, stops)
         if output.finished:
             finals[index] = output
-        yield chunk(index, text, reason, logprobs, _stop_reason(output, stops))
+        yield chunk(index, text, reason, logprobs, stop_reason)
     if body.stream_options and body.stream_options.include_usage:
         outputs = [finals[i] for i in sorted(finals)]
         yield _usage_chunk(
@@ -403,19 +405,21 @@ async def chat_completions(body: ChatRequest, http_request: Request):
     echoed = _echoed(body, role)
     generator: Generator = http_request.app.state.generator
     finished = await generator.complete(jobs, http_request)
-    choices = [
-        {
-            "index": index,
-            "message": {
-                "role": role,
-                "content": echoed + cut_at_stop(c.last.generated_text or "", stops),
-            },
-            "logprobs": _chat_logprobs(engine.tokenizer, c.tokens) if body.logprobs else None,
-            "finish_reason": _finish_reason(c.last.finish_reason),
-            "stop_reason": _stop_reason(c.last, stops),
-        }
-        for index, c in enumerate(finished)
-    ]
+    choices = []
+    for index, c in enumerate(finished):
+        finish_reason, stop_reason = _reasons(c.last, stops)
+        choices.append(
+            {
+                "index": index,
+                "message": {
+                    "role": role,
+                    "content": echoed + cut_at_stop(c.last.generated_text or "", stops),
+                },
+                "logprobs": _chat_logprobs(engine.tokenizer, c.tokens) if body.logprobs else None,
+                "finish_reason": finish_reason,
+                "stop_reason": stop_reason,
+            }
+        )
     payload = {
         "id": response_id,
         "object": "chat.completion",
@@ -470,9 +474,9 @@ async def _chat_chunks(
             yield chunk(index, {"content": text}, None, logprobs)
         if output.finished:
             finals[index] = output
-            reason = _finish_reason(output.finish_reason)
+            reason, stop_reason = _reasons(output, stops)
             # vLLM's stop_reason, on the chunk that carries the finish reason only
-            yield chunk(index, {}, reason, stop_reason=_stop_reason(output, stops))
+            yield chunk(index, {}, reason, stop_reason=stop_reason)
     if include_usage:
         outputs = [finals[i] for i in sorted(finals)]
         yield _usage_chunk(response_id, "chat.completion.chunk", created, body.model, outputs, 1, body.n)

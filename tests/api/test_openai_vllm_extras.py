@@ -35,12 +35,16 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def _complete(client, route: str, stream: bool, **arguments) -> tuple[str, str, str | None, list]:
-    """(text, finish_reason, stop_reason, chunks) of one choice, streamed or not."""
+def _complete(
+    client, route: str, stream: bool, text: str = "Tell me", **arguments
+) -> tuple[str, str, str | None, list]:
+    """(text, finish_reason, stop_reason, chunks) of one choice, streamed or not, for a prompt of `text`
+    (a user message's, for chat)."""
     if route == "chat":
-        result = client.chat.completions.create(messages=MESSAGES, stream=stream, **GREEDY, **arguments)
+        messages = [{"role": "user", "content": text}]
+        result = client.chat.completions.create(messages=messages, stream=stream, **GREEDY, **arguments)
     else:
-        result = client.completions.create(prompt="Tell me", stream=stream, **GREEDY, **arguments)
+        result = client.completions.create(prompt=text, stream=stream, **GREEDY, **arguments)
     if not stream:
         choice = result.choices[0]
         text = choice.message.content if route == "chat" else choice.text
@@ -77,6 +81,35 @@ def test_stop_reason_is_the_stop_sequence_that_ended_the_text(client, route, str
     if stream and route == "chat":  # vLLM's chat chunks carry it on the finishing chunk only
         carrying = [c for c in chunks if c.choices and "stop_reason" in c.choices[0].model_extra]
         assert [c.choices[0].finish_reason for c in carrying] == ["stop"]
+
+
+def _first_incomplete_character(client, route: str, text: str) -> int:
+    """How many tokens greedy generation takes to end on an incomplete character (a lone UTF-8 byte)."""
+    if route == "chat":
+        messages = [{"role": "user", "content": text}]
+        result = client.chat.completions.create(messages=messages, max_tokens=40, logprobs=True, **GREEDY)
+        tokens = [t.token for t in result.choices[0].logprobs.content]
+    else:
+        result = client.completions.create(prompt=text, max_tokens=40, logprobs=0, **GREEDY)
+        tokens = result.choices[0].logprobs.tokens
+    incomplete = [i for i, token in enumerate(tokens) if "\ufffd" in token]
+    assert incomplete, tokens
+    return incomplete[0] + 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("route", ["completions", "chat"])
+def test_a_stop_sequence_in_text_released_at_the_end_is_the_stop_reason(client, route, stream):
+    """The detokenizer holds back an incomplete character until generation ends, so a stop sequence in
+    that last text is only found in the final text: the text is cut there and the reasons say so. (Here
+    the replacement character that the lone byte decodes to; with real tokenizers a token such as
+    " \\xe2\\x80" holds back a whole space with the partial character.)"""
+    text = {"completions": "Tell me", "chat": "Hello"}[route]  # generate a lone byte after a few tokens
+    length = _first_incomplete_character(client, route, text)
+    full, reason, stop_reason, _ = _complete(client, route, stream, text, max_tokens=length)
+    assert full.endswith("\ufffd") and (reason, stop_reason) == ("length", None)
+    cut = _complete(client, route, stream, text, max_tokens=length, stop=["\ufffd"])[:3]
+    assert cut == (full[: full.index("\ufffd")], "stop", "\ufffd")
 
 
 def _usages_by_choice(chunks) -> dict[int, list[tuple[int, int, int]]]:
