@@ -63,13 +63,15 @@ class IncrementalDetokenizer:
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
             return ""
         delta = full[len(prefix) :]
+        if token_id not in self._special:
+            self.text += delta
+        else:  # text held back for an incomplete character comes out with it: keep that part
+            self.text += decode(self._ids[self._prefix_offset : -1])[len(prefix) :]
         self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
         if len(self._ids) > 64:
             drop = self._prefix_offset
             self._ids = self._ids[drop:]
             self._prefix_offset, self._read_offset = 0, self._read_offset - drop
-        if token_id not in self._special:
-            self.text += delta
         return delta
 
     def flush(self) -> str:

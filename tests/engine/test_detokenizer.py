@@ -49,3 +49,20 @@ def test_streamed_pieces_add_up_to_the_whole_text(arch, model_dirs):
     pieces = [detokenizer.add(token) for token in generated]
     pieces.append(detokenizer.flush())
     assert "".join(pieces) == tokenizer.decode(prompt + generated)[len(tokenizer.decode(prompt)) :]
+
+
+def test_text_held_back_before_a_special_token_is_kept_for_stop_checks(model_dirs):
+    """An incomplete character is held back; a special token after it (an end-of-sequence token under
+    ignore_eos) releases it with the special token's own text. The text kept for stop checks has the
+    released part, as the final text has, so a stop sequence in it ends generation there. (Here the
+    replacement character the lone byte decodes to; real tokenizers have tokens such as " \\xe2\\x80" that
+    hold back a whole space with the partial character.)"""
+    tokenizer = load_tokenizer(model_dirs["llama"])
+    lone_byte = tokenizer.convert_tokens_to_ids("\u00c3")  # byte 0xC3 in byte-level BPE: starts "é"
+    eos = tokenizer.eos_token_id
+    detokenizer = IncrementalDetokenizer(tokenizer, tokenizer("Hi").input_ids, stop=("\ufffd",))
+    assert detokenizer.add(lone_byte) == "" and detokenizer.text == ""
+    delta = detokenizer.add(eos)
+    assert delta == "\ufffd" + tokenizer.eos_token
+    assert detokenizer.text == "\ufffd" == detokenizer.final_text([lone_byte, eos])
+    assert detokenizer.stop_matched(delta)
