@@ -1,0 +1,67 @@
+"""How chat messages reach the template, as vLLM gives them: one string per message (text parts joined
+with newlines), or, for a template that loops over a message's content, the text parts themselves."""
+
+import pytest
+
+from loraplex.router.chat_template import render_chat, takes_content_parts
+from loraplex.router.openai_schemas import ChatMessage
+from loraplex.server.tokenizer import load_tokenizer
+
+STRING_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+PARTS_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}:"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for p in m.content %}[{{ p.text }}]{% endfor %}"
+    "{% endif %};{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "parts"),
+    [
+        (STRING_TEMPLATE, False),
+        (PARTS_TEMPLATE, True),
+        (
+            "{% for m in messages %}{% for p in m['content'] | selectattr('type') %}{{ p.text }}{% endfor %}"
+            "{% endfor %}",
+            True,
+        ),
+        (
+            "{% set rest = messages[1:] %}{% set later = rest %}{% for m in later %}"
+            "{% for p in m.content %}{{ p.text }}{% endfor %}{% endfor %}",
+            True,
+        ),
+        (
+            "{% for m in messages %}{% generation %}{% for p in m.content %}{{ p.text }}{% endfor %}"
+            "{% endgeneration %}{% endfor %}",
+            True,
+        ),
+        ("{% for t in tools %}{% for p in t.content %}{{ p }}{% endfor %}{% endfor %}", False),
+        ("{% for m in messages %}{% for c in m.content.split(',') %}{{ c }}{% endfor %}{% endfor %}", False),
+        ("{% for m in messages %}{{ m.content", False),
+    ],
+    ids=["string", "parts", "filtered", "aliased", "generation-tag", "not-messages", "a-call", "unparsable"],
+)
+def test_templates_that_loop_over_a_messages_content_take_parts(template, parts):
+    assert takes_content_parts(template) is parts
+
+
+def _prompt(tokenizer, template: str, messages: list[dict]) -> str:
+    tokenizer.chat_template = template
+    ids = render_chat(tokenizer, [ChatMessage(**m) for m in messages], None)
+    return tokenizer.decode(ids)
+
+
+def test_messages_reach_the_template_as_vllm_gives_them(llama_dir):
+    tokenizer = load_tokenizer(llama_dir)
+    parts = [{"type": "text", "text": "Tell"}, {"type": "text", "text": ""}, {"type": "text", "text": "me"}]
+    messages = [
+        {"role": "user", "content": parts},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "tool", "content": parts},
+    ]
+    # one string each, empty parts left out; a template that takes parts gets them all, a string as one
+    # part, and a tool's result as one string
+    assert _prompt(tokenizer, STRING_TEMPLATE, messages) == (
+        "user: Tell\nme\nassistant: Hi\ntool: Tell\nme\n"
+    )
+    assert _prompt(tokenizer, PARTS_TEMPLATE, messages) == "user:[Tell][][me];assistant:[Hi];tool:Tell\n\nme;"
