@@ -182,6 +182,9 @@ def chat_options(body) -> ChatOptions:
     # As in vLLM, the request's own fields win over the same names in chat_template_kwargs.
     kwargs.pop("add_generation_prompt", None)
     kwargs.pop("continue_final_message", None)
+    documents = (body.model_extra or {}).get("documents")
+    if documents is not None:  # vLLM's `documents`, for templates that render retrieved documents
+        kwargs["documents"] = documents
     return ChatOptions(body.add_generation_prompt, body.continue_final_message, kwargs)
 
 

@@ -3,8 +3,8 @@ with newlines), or, for a template that loops over a message's content, the text
 
 import pytest
 
-from loraplex.router.chat_template import render_chat, takes_content_parts
-from loraplex.router.openai_schemas import ChatMessage
+from loraplex.router.chat_template import chat_options, render_chat, takes_content_parts
+from loraplex.router.openai_schemas import ChatMessage, ChatRequest
 from loraplex.server.tokenizer import load_tokenizer
 
 STRING_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
@@ -65,3 +65,15 @@ def test_messages_reach_the_template_as_vllm_gives_them(llama_dir):
         "user: Tell\nme\nassistant: Hi\ntool: Tell\nme\n"
     )
     assert _prompt(tokenizer, PARTS_TEMPLATE, messages) == "user:[Tell][][me];assistant:[Hi];tool:Tell\n\nme;"
+
+
+def test_documents_reach_the_template_as_vllm_passes_them():
+    body = ChatRequest(
+        model="", messages=[{"role": "user", "content": "hi"}], documents=[{"title": "T", "text": "body"}]
+    )
+    options = chat_options(body)
+    assert options.template_kwargs == {"documents": [{"title": "T", "text": "body"}]}
+    assert (
+        chat_options(ChatRequest(model="", messages=[{"role": "user", "content": "hi"}])).template_kwargs
+        == {}
+    )
