@@ -293,6 +293,7 @@ async def _completion_chunks(
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
     offsets = [len(text) for text in texts]  # text_offset runs on from the prompt, as without streaming
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     continuous = _continuous_usage(body)
     generated = [0] * len(jobs)
 
@@ -311,8 +312,8 @@ async def _completion_chunks(
             "model": body.model,
             "choices": [choice],
         }
-        if continuous:
-            payload["usage"] = _usage(len(jobs[index].prompt_ids), generated[index])
+        if include_usage:  # null on every chunk but the last, as OpenAI and vLLM send it
+            payload["usage"] = _usage(len(jobs[index].prompt_ids), generated[index]) if continuous else None
         return payload
 
     if body.echo:

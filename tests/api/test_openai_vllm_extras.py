@@ -11,6 +11,8 @@ from server_harness import serve
 
 from loraplex.server.config import EngineConfig
 
+from .sse import parse_events
+
 TEMPLATE = (
     "{{ preamble | default('') }}{% for m in messages %}<s>{{ m.role }}: {{ m.content }}\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
@@ -308,3 +310,15 @@ def test_content_parts_are_joined_with_newlines(client, server):
         client, server, story, add_generation_prompt=False, continue_final_message=True, echo=True
     )
     assert continued == (length, "assistant", "Once\nupon" + expected)
+
+
+@pytest.mark.parametrize("route", ["completions", "chat/completions"])
+def test_streams_with_usage_send_null_usage_on_every_other_chunk(server, route):
+    """OpenAI: with include_usage, every chunk but the last carries `"usage": null` (the key, not absent)."""
+    body = {"model": "", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    body |= {"prompt": "Hello"} if route == "completions" else {"messages": MESSAGES}
+    with httpx.stream("POST", f"{server.url}/v1/{route}", json=body, timeout=30) as response:
+        chunks = parse_events(response.iter_lines())
+    assert len(chunks) >= 4
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
