@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -110,16 +111,24 @@ def _text(body: GenerateRequest, output: RequestOutput) -> str:
     return body.inputs + text if body.parameters.return_full_text else text
 
 
+def header_value(text: str) -> str:
+    """`text` as an HTTP header value: as it is when printable ASCII, else percent-encoded UTF-8, so an
+    adapter or model name in any script (or with control characters) cannot break the response."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe=" !#$&'()*+,/:;=?@[]~")
+
+
 def served_headers(http_request: Request, body: GenerateRequest, job: Job) -> dict[str, str]:
     """The headers LoRAX sends on every generation, streams included: what served the request."""
     engine = http_request.app.state.client.engine
     headers = {
         "x-compute-type": engine.device.type if job.adapter is None else f"{engine.device.type}+lora",
         "x-compute-characters": str(len(body.inputs)),
-        "x-model-id": engine.info.model_id,
+        "x-model-id": header_value(engine.info.model_id),
     }
     if job.adapter is not None:  # LoRAX leaves both out for the base model
-        headers["x-adapter-id"] = job.adapter.adapter_id
+        headers["x-adapter-id"] = header_value(job.adapter.adapter_id)
         headers["x-adapter-source"] = job.adapter.source
     return headers
 
@@ -256,8 +265,7 @@ def _prune(value):
 def stream_response(http_request: Request, body: GenerateRequest) -> StreamingResponse:
     job = prepare(http_request, body, streaming=True)[0]
     generator: Generator = http_request.app.state.generator
-    generator.begin(http_request, [job])
-    return StreamingResponse(
+    response = StreamingResponse(
         stream_events(http_request, body, job),
         media_type="text/event-stream",
         headers={
@@ -266,6 +274,8 @@ def stream_response(http_request: Request, body: GenerateRequest) -> StreamingRe
             **served_headers(http_request, body, job),
         },
     )
+    generator.begin(http_request, [job])  # last: the stream's end gives back what this takes
+    return response
 
 
 @router.post("/generate")

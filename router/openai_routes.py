@@ -23,7 +23,7 @@ from loraplex.server.request import FinishReason, RequestOutput, TokenOutput
 
 from .chat_template import chat_options, message_text, render_chat, reply_role
 from .errors import ApiError, validation_error
-from .generate import resolve_adapter
+from .generate import header_value, resolve_adapter
 from .generation import Completion, Generator, Job
 from .openai_schemas import ChatRequest, CompletionRequest
 from .schemas import Parameters
@@ -53,7 +53,7 @@ def _reasons(last: RequestOutput, stops: list[str]) -> tuple[str | None, str | N
 
 def _adapter_header(job: Job) -> dict[str, str]:
     """The adapter that served the request (left out for the base model, as LoRAX does)."""
-    return {"x-adapter-id": job.adapter_id} if job.adapter_id else {}
+    return {"x-adapter-id": header_value(job.adapter_id)} if job.adapter_id else {}
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -521,7 +521,6 @@ async def _merged(http_request: Request, jobs: list[Job]) -> AsyncIterator[tuple
 
 def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict]) -> StreamingResponse:
     generator: Generator = http_request.app.state.generator
-    generator.begin(http_request, jobs)
 
     async def events() -> AsyncIterator[str]:
         ended = False
@@ -538,7 +537,9 @@ def _stream(http_request: Request, jobs: list[Job], chunks: AsyncIterator[dict])
             generator.end(http_request, jobs, cancelled=not ended)
 
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **_adapter_header(jobs[0])}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    response = StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    generator.begin(http_request, jobs)  # last: the stream's end gives back what this takes
+    return response
 
 
 # ---- /v1/models --------------------------------------------------------------------------------------

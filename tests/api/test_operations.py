@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from adapter_factory import build_adapter
 from server_harness import serve
 
 from loraplex.router.auth import RateLimiter
@@ -281,6 +282,30 @@ def test_engine_errors_do_not_stop_the_server(llama_dir, route):
         assert "injected failure" in failed.json()["error"]
         assert httpx.post(running.url + route, json=body).status_code == 200
         running.wait_idle()
+
+
+def test_adapter_names_in_any_script_are_served_and_give_back_their_place(llama_dir, tmp_path):
+    """An adapter named in Cyrillic: its x-adapter-id header is percent-encoded UTF-8 (a Latin-1-only
+    header made every stream of it a 500 that kept its concurrency place and tokens for good)."""
+    build_adapter(llama_dir, tmp_path / "модель", seed=3, r=4, target_modules=["q_proj"])
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, adapter_dirs=(str(tmp_path),))
+    with serve(config, max_concurrent_requests=2, rate_limit_tokens=10_000) as running:
+        native = {"inputs": "Hi", "parameters": {"adapter_id": "модель", "max_new_tokens": 2}}
+        openai = {"model": "модель", "prompt": "Hi", "max_tokens": 2}
+        calls = [
+            ("/generate", native),
+            ("/generate_stream", native),
+            ("/v1/completions", openai),
+            ("/v1/completions", {**openai, "stream": True}),
+        ]
+        for _ in range(3):  # more than the two places: each request gives its place back
+            for route, body in calls:
+                response = httpx.post(running.url + route, json=body, timeout=30)
+                assert response.status_code == 200, response.text
+                assert response.headers["x-adapter-id"] == "%D0%BC%D0%BE%D0%B4%D0%B5%D0%BB%D1%8C"
+        running.wait_idle()
+        assert running.app.state.client.in_flight == 0
+        assert running.app.state.generator.limiter._reserved == {}
 
 
 def test_one_failed_sequence_ends_its_siblings(llama_dir):
