@@ -14,6 +14,7 @@ import queue
 import random
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 
@@ -278,8 +279,13 @@ class Engine:
     def _isolate_failure(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
         """A step of several requests failed: run each request's rows alone, so that one request that
         breaks the model fails by itself and the others go on (a retried row computes the same KV slots
-        and tokens it would have). Only when every request fails alone, or the step held one request,
-        does the failure count towards marking the engine fatal."""
+        and tokens it would have).
+
+        A step counts towards marking the engine fatal when no request is to blame: every one fails
+        alone (or the step held one), or every one succeeds alone (a fault of whole batches, such as
+        running out of memory, would otherwise cost every later step a run per request, for good).
+        """
+        self.runner.recover()
         by_request: dict[str, list[ScheduledRow]] = {}
         for row in batch.rows:
             by_request.setdefault(row.request.request_id, []).append(row)
@@ -296,20 +302,34 @@ class Engine:
             try:
                 step = self.runner.run(alone)
             except Exception as own_error:  # noqa: BLE001 - this request's own failure
+                self.runner.recover()
                 failures.append((rows[0].request, own_error))
                 continue
             outputs += self._finish_step(alone, step)
         if len(failures) == len(by_request):
             return self._fail_batch(batch, error)
+        if not failures:
+            return outputs + self._count_blameless(error)
         self._consecutive_failures = 0
         for request, own_error in failures:
-            logger.error("request %s failed alone", request.request_id, exc_info=own_error)
+            logger.error("request %s failed alone: %s", request.request_id, _traceback_text(own_error))
             outputs += self._fail_requests([request], own_error)
         return outputs
+
+    def _count_blameless(self, error: Exception) -> list[RequestOutput]:
+        """A step failed whole and passed request by request: after _MAX_CONSECUTIVE_FAILURES such steps
+        (or failed ones) in a row, the engine stops serving."""
+        self._consecutive_failures += 1
+        if self._consecutive_failures < _MAX_CONSECUTIVE_FAILURES:
+            return []
+        logger.error("engine steps keep failing whole (%s: %s); stopping", type(error).__name__, error)
+        self.fatal_error = f"{type(error).__name__}: {error}"
+        return self._fail_requests(list(self._requests.values()), error)
 
     def _fail_batch(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
         """Fail the batch's requests; after _MAX_CONSECUTIVE_FAILURES such steps in a row, every
         request, and the engine stops serving."""
+        self.runner.recover()
         logger.error("engine step failed", exc_info=error)
         self._consecutive_failures += 1
         if self._consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
@@ -455,3 +475,9 @@ def _eos_token_ids(model_config, tokenizer) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
+
+
+def _traceback_text(error: BaseException) -> str:
+    """`error` with its own traceback only: logged from inside another exception's handler, `exc_info`
+    would print that one first ("During handling of the above exception...")."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__, chain=False))

@@ -223,6 +223,12 @@ class ModelRunner:
             for k, token in enumerate(prompt[begin + 1 : end + 1]):
                 request.prompt_logprobs.append(PromptToken(token, chosen[k], top[k] if top else None))
 
+    def recover(self) -> None:
+        """After a step that raised: drop what it may have left half updated (the CPU LoRA stack's
+        placements), so the next step starts clean."""
+        if self.lora_stack is not None:
+            self.lora_stack.forget()
+
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepOutput:
         """One step: forward and sample -> the token, logprob and alternatives of each sampling row."""

@@ -65,6 +65,15 @@ class LoraStack:
         self._unwanted: list[int] = []  # steps in a row each position's holder went unwanted
         self._small_steps = 0
 
+    def forget(self) -> None:
+        """Forget every placement (the tensors stay): after a step that raised, a placement may be half
+        made, so each adapter is copied in again when next wanted."""
+        self._holder = [None] * self.capacity
+        self._version = [-1] * self.capacity
+        self._position = {}
+        self._unwanted = [0] * self.capacity
+        self._small_steps = 0
+
     def plan(self, segments: list[tuple[int, int, int]]) -> StackPlan:
         """Place the adapters of `segments` (begin, end, slot), copying in those not already placed."""
         wanted = {slot for _, _, slot in segments}

@@ -1,5 +1,7 @@
 """Requests for the base model and many adapters share steps; each matches PEFT generating it alone."""
 
+import logging
+
 import pytest
 import torch
 from adapter_factory import ADAPTER_SPECS, build_adapter, edit_config, load_peft_reference
@@ -164,3 +166,36 @@ def test_every_adapter_changes_the_logits(base_dir, peft_references):
     for adapter_id in ADAPTERS:
         delta = (peft_references[adapter_id](ids).logits - base).abs().max().item()
         assert delta > 0.05, f"{adapter_id} barely changes the logits ({delta})"
+
+
+def test_a_step_that_breaks_inside_the_lora_stack_leaves_it_sound(
+    base_dir, adapter_root, peft_references, caplog
+):
+    """Four adapters fill the CPU LoRA stack; then a copy that would replace one of them raises, half way
+    through a step of two new ones. That step is re-run request by request, the stack forgets its
+    placements, and every later step runs whole again, with PEFT's outputs (a half-made placement
+    failed every later step, and the engine stopped)."""
+    engine = make_engine(base_dir, adapter_root, preload_adapters=tuple(ADAPTERS))
+    stack = engine.runner.lora_stack
+    if stack is None:
+        pytest.skip("the LoRA stack is the CPU float32 path")
+    records = capture_logits(engine)
+    first = [make_request(engine, a, PROMPTS[i], 4, f"first{i}") for i, a in enumerate(ADAPTERS[:4])]
+    engine.generate(first)
+    copy_in, calls = stack._copy_in, {"n": 0}
+
+    def failing_once(slot, position):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure in the stack")
+        return copy_in(slot, position)
+
+    stack._copy_in = failing_once
+    caplog.set_level(logging.WARNING, logger="loraplex")
+    second = [make_request(engine, a, PROMPTS[i], 10, f"second{i}") for i, a in enumerate(ADAPTERS[4:])]
+    engine.generate(second)
+    isolated = [r for r in caplog.records if "running each alone" in r.getMessage()]
+    assert calls["n"] > 1 and len(isolated) == 1 and engine.fatal_error is None
+    for adapter_id, request in zip(ADAPTERS[4:], second, strict=True):
+        assert request.num_output_tokens == 10
+        assert_matches_reference(peft_references[adapter_id], request, records)

@@ -103,3 +103,17 @@ def test_a_single_request_step_is_not_retried(engine, monkeypatch):
     assert calls["n"] == 1
     assert sinks["only"][-1].error_type == "generation"
     assert engine.fatal_error is None
+
+
+def test_steps_that_fail_only_whole_stop_the_engine_after_three(engine, monkeypatch):
+    """Every step of several requests fails, every request alone passes (as when a whole batch runs out
+    of memory): no request is to blame, and after three such steps in a row the engine stops rather than
+    run every later step one request at a time."""
+    calls = inject(engine, monkeypatch, lambda batch, n: len({r.request.request_id for r in batch.rows}) > 1)
+    made = requests_for(engine, sinks := {})
+    engine.generate(made)
+    assert engine.fatal_error is not None and "InjectedFault" in engine.fatal_error
+    assert calls["n"] == 3 * (1 + len(made))
+    assert all(outputs[-1].error_type == "generation" for outputs in sinks.values())
+    assert all(len([o for o in outputs if o.token is not None]) == 3 for outputs in sinks.values())
+    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
