@@ -104,7 +104,7 @@ class RateLimiter:
 
     def check(self, caller: str, reserve: int = 0) -> None:
         """Count one request for `caller` and reserve `reserve` tokens for it, or raise 429 with the
-        seconds until it would fit."""
+        seconds until it may fit."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -115,7 +115,9 @@ class RateLimiter:
                 retry = requests[0] + WINDOW_SECONDS - now
                 raise _limited(f"rate limit of {self.requests_per_minute} requests per minute reached", retry)
             used = sum(n for _, n in tokens) + self._reserved[caller]
-            if self.tokens_per_minute and used >= self.tokens_per_minute:
+            # A request must fit beside what is counted; one larger than the whole limit runs only
+            # when nothing else is counted (else it could never run).
+            if self.tokens_per_minute and used and used + reserve > self.tokens_per_minute:
                 # Charged tokens leave the window a minute after they were charged; reservations
                 # come back as their requests end.
                 retry = tokens[0][0] + WINDOW_SECONDS - now if tokens else 1.0

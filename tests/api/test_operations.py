@@ -157,16 +157,23 @@ def test_token_rate_limit_holds_against_a_burst(llama_dir):
 def test_rate_limiter_reservations_come_back_when_requests_end():
     limiter = RateLimiter(None, 100)
     limiter.check("k", 50)
-    limiter.check("k", 60)  # 50 reserved, under 100: it may start
+    limiter.check("k", 50)  # 100 with the first: it fits
     with pytest.raises(ApiError) as refused:
-        limiter.check("k", 1)  # 110 reserved
+        limiter.check("k", 1)  # 101 would not
     assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "1"}
-    limiter.settle("k", 50, 5)  # 60 reserved and 5 charged
-    limiter.check("k", 10)
-    limiter.settle("k", 60, 0)
-    limiter.settle("k", 10, 10)
+    limiter.settle("k", 50, 5)  # 50 reserved and 5 charged
+    limiter.check("k", 45)
+    with pytest.raises(ApiError):
+        limiter.check("k", 1)
+    limiter.settle("k", 50, 0)
+    limiter.settle("k", 45, 10)
     assert limiter._reserved == {} and sum(n for _, n in limiter._tokens["k"]) == 15
-    limiter.check("other", 1000)  # each caller its own
+    with pytest.raises(ApiError):
+        limiter.check("k", 86)  # 15 charged: 86 more would pass the limit
+    limiter.check("k", 85)
+    limiter.check("other", 1000)  # larger than the limit, with nothing else counted: it runs
+    with pytest.raises(ApiError):
+        limiter.check("other", 1)
 
 
 def test_token_rate_limit_counts_openai_streams_without_usage(llama_dir):
