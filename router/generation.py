@@ -143,7 +143,8 @@ class Generator:
 
     async def complete(self, jobs: list[Job], http_request: Request) -> list[Completion]:
         """Run sequences concurrently to the end. A client that hangs up meanwhile, or one sequence that
-        fails, aborts them all: the request's place is given back only once none is left running."""
+        fails, aborts them all: the request's place is given back once none is left streaming here (the
+        engine drops the aborted ones between its steps)."""
         self.begin(http_request, jobs)
         sequences = [asyncio.ensure_future(self._complete(job)) for job in jobs]
         work = asyncio.ensure_future(asyncio.gather(*sequences))
