@@ -387,7 +387,8 @@ class Engine:
             shape.lora_in_features(),
             self.dtype,
             config.max_lora_rank,
-            config.model_id,
+            # the names the base model is known by: an adapter trained on another is warned about
+            tuple(name for name in (config.model_id, config.served_model_name) if name),
             pin=self.device.type == "cuda",
         )
         manager = AdapterManager(

@@ -310,7 +310,7 @@ def make_reader(
     in_features: dict[str, int],
     dtype: torch.dtype,
     max_lora_rank: int,
-    base_model_id: str,
+    base_model_names: tuple[str, ...],
     pin: bool,
 ) -> Reader:
     """Disk (or hub) -> validated host weights, pinned for fast copies when serving on CUDA."""
@@ -325,7 +325,7 @@ def make_reader(
             in_features,
             dtype,
             max_lora_rank,
-            base_model_id,
+            base_model_names,
         )
         return weights.pin_memory() if pin else weights
 

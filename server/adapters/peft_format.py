@@ -248,15 +248,17 @@ def load_adapter(
     in_features: dict[str, int],
     dtype: torch.dtype,
     max_lora_rank: int,
-    base_model_id: str | None = None,
+    base_model_names: tuple[str, ...] = (),
 ) -> AdapterWeights:
-    """Read, validate and lay out one adapter folder on the host."""
+    """Read, validate and lay out one adapter folder on the host. An adapter trained on a model that
+    none of `base_model_names` (the served model's id and name) names is warned about, once."""
     config = read_config(adapter_id, path)
     check_config(adapter_id, config, max_lora_rank)
     tensors = read_tensors(adapter_id, path)
     weights = build_weights(adapter_id, path, config, tensors, num_layers, out_slices, in_features, dtype)
-    if base_model_id and weights.base_model and _model_name(weights.base_model) != _model_name(base_model_id):
-        _warn_other_base(adapter_id, weights.base_model, base_model_id)
+    names = {_model_name(name) for name in base_model_names}
+    if names and weights.base_model and _model_name(weights.base_model) not in names:
+        _warn_other_base(adapter_id, weights.base_model, base_model_names[0])
     return weights
 
 

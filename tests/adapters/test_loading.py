@@ -99,6 +99,17 @@ def test_an_adapter_trained_on_another_base_is_warned_about_once(base_dir, tmp_p
     ]
 
 
+def test_an_adapter_trained_on_the_served_model_name_is_not_warned_about(base_dir, tmp_path, caplog):
+    """The base model is known by its served name too (the demo serves a folder as `loraplex-demo`)."""
+    build_adapter(base_dir, tmp_path / "named", seed=4, r=4, target_modules=["q_proj"])
+    edit_config(tmp_path / "named", base_model_name_or_path="acme/base-model")
+    engine = make_engine(base_dir, tmp_path, served_model_name="acme/base-model")
+    caplog.set_level(logging.WARNING, logger="loraplex")
+    engine.generate([make_request(engine, "named", "Hello world", 2, "named")])
+    assert engine.adapters.stats.loads == 1
+    assert not [r for r in caplog.records if "was trained on" in r.getMessage()]
+
+
 def test_one_adapter_under_several_spellings_loads_once(base_dir, adapter_root):
     """`acme/mlp-r8`, `./acme/mlp-r8` and its absolute path are one folder: one load, one slot."""
     engine = make_engine(base_dir, adapter_root)
