@@ -329,7 +329,6 @@ class Engine:
     def _fail_batch(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
         """Fail the batch's requests; after _MAX_CONSECUTIVE_FAILURES such steps in a row, every
         request, and the engine stops serving."""
-        self.runner.recover()
         logger.error("engine step failed", exc_info=error)
         self._consecutive_failures += 1
         if self._consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:

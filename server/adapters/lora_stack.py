@@ -82,8 +82,7 @@ class LoraStack:
         # rank, and only after SHRINK_AFTER_STEPS steps in a row that need half the rank or less.
         self._small_steps = self._small_steps + 1 if rank < self.rank and 2 * rank <= self.rank else 0
         if rank > self.rank or self._small_steps >= SHRINK_AFTER_STEPS:
-            self._allocate(self.capacity, rank)
-            self._small_steps = 0
+            self._allocate(self.capacity, rank)  # a new rank: placements (and the count) start over
         placed = {slot: self._place(slot, wanted) for _, _, slot in segments}
         self._unwanted = [
             0 if holder in wanted else age + 1
@@ -167,14 +166,14 @@ class LoraStack:
                 for new, old in zip(new_b, self.b[key], strict=True):
                     new[: self.capacity] = old
             self.a[key], self.b[key] = new_a, new_b
-        if keep:
-            self._holder += [None] * (capacity - self.capacity)
-            self._version += [-1] * (capacity - self.capacity)
-            self._unwanted += [0] * (capacity - self.capacity)
-        else:
-            self._holder, self._version, self._position = [None] * capacity, [-1] * capacity, {}
-            self._unwanted = [0] * capacity
+        grown = capacity - self.capacity
         self.capacity, self.rank = capacity, rank
+        if keep:
+            self._holder += [None] * grown
+            self._version += [-1] * grown
+            self._unwanted += [0] * grown
+        else:
+            self.forget()
 
     def _copy_in(self, slot: int, position: int) -> None:
         rank = self.rank

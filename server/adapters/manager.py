@@ -195,7 +195,6 @@ class AdapterManager:
                     return Readiness.FAILED, -1, entry.error
                 if location.key not in self._wanted and self._waiting_outside_slots() >= self.cpu_capacity:
                     return Readiness.LOADING, -1, None  # its turn to load comes when one of those has a slot
-                self._wanted[location.key] = None
                 entry = self.start_load(location)
             self._wanted[location.key] = None
             if entry.error is not None:
@@ -241,6 +240,7 @@ class AdapterManager:
         victim = min(idle, key=lambda e: e.last_used)
         slot = victim.slot
         self._evict(victim)
+        self.stats.evictions += 1  # the cache's choice (an unload asked for is not counted)
         return slot
 
     def _evict(self, entry: AdapterEntry) -> None:
@@ -249,7 +249,6 @@ class AdapterManager:
         self._slot_owner[slot] = None
         entry.slot = None
         entry.activation = None
-        self.stats.evictions += 1
 
     def _activate(self, entry: AdapterEntry, slot: int) -> None:
         self.slots.write(slot, entry.weights, stream=self._stream)
@@ -285,7 +284,6 @@ class AdapterManager:
                 )
             if entry.slot is not None:
                 self._evict(entry)
-                self.stats.evictions -= 1  # an unload asked for, not an eviction the cache chose
             entry.weights = None
             return entry
 
