@@ -13,39 +13,24 @@ from loraplex.server.config import ConfigError, EngineConfig
 logger = logging.getLogger("loraplex")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _in_range(kind: type, low: float, high: float, what: str, low_open: bool = False):
+    """An argparse type: `kind(text)` within [low, high] (`low_open`: (low, high]), NaN refused."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {value}")
-    return value
+_FINITE = 1.7976931348623157e308  # the largest float: infinity is refused
+_positive_int = _in_range(int, 1, _FINITE, "a positive integer")
+_non_negative_int = _in_range(int, 0, _FINITE, "0 or more")
+_positive_float = _in_range(float, 0, _FINITE, "a positive number of seconds", low_open=True)
+_non_negative_float = _in_range(float, 0, _FINITE, "0 or more")
+_port = _in_range(int, 0, 65535, "a TCP port (0-65535)")
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:

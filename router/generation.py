@@ -33,7 +33,6 @@ class Job:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: AdapterLocation | None = None
-    tokens_used: int = 0  # prompt + generated so far: what the token rate limit counts, finished or not
     last: RequestOutput | None = None  # the latest engine output (the final one once finished)
     first_token_at: float | None = None  # monotonic time its first token reached the HTTP side
     error_type: str | None = None  # of the ApiError that ended it
@@ -41,6 +40,11 @@ class Job:
     @property
     def adapter_id(self) -> str | None:
         return self.adapter.adapter_id if self.adapter else None
+
+    @property
+    def tokens_used(self) -> int:
+        """Prompt + generated so far: what the token rate limit counts, finished or not."""
+        return self.last.prompt_tokens + self.last.generated_tokens if self.last else 0
 
     @property
     def finished(self) -> bool:
@@ -117,7 +121,6 @@ class Generator:
                 if output.error:
                     raise ApiError(error_status(output.error_type), output.error, output.error_type)
                 job.last = output
-                job.tokens_used = output.prompt_tokens + output.generated_tokens
                 now = time.monotonic()
                 if previous is not None:
                     self.metrics.observe_token_gap(now - previous)

@@ -164,11 +164,12 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _continuous_usage(body) -> bool:
-    """vLLM's `continuous_usage_stats`: every chunk carries its choice's usage so far (with `include_usage`
-    only, as in vLLM)."""
+def _usage_options(body) -> tuple[bool, bool]:
+    """(`include_usage`: a last chunk with the usage, `usage: null` on the others; vLLM's
+    `continuous_usage_stats`: each chunk with its choice's usage so far, with `include_usage` only)."""
     options = body.stream_options
-    return bool(options and options.include_usage and options.continuous_usage_stats)
+    include = bool(options and options.include_usage)
+    return include, include and options.continuous_usage_stats
 
 
 def _token_text(tokenizer, token_id: int) -> str:
@@ -293,8 +294,7 @@ async def _completion_chunks(
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
     offsets = [len(text) for text in texts]  # text_offset runs on from the prompt, as without streaming
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    continuous = _continuous_usage(body)
+    include_usage, continuous = _usage_options(body)
     generated = [0] * len(jobs)
 
     def chunk(index: int, text: str, finish_reason, logprobs=None, stop_reason=None) -> dict:
@@ -330,7 +330,7 @@ async def _completion_chunks(
         if output.finished:
             finals[index] = output
         yield chunk(index, text, reason, logprobs, stop_reason)
-    if body.stream_options and body.stream_options.include_usage:
+    if include_usage:
         outputs = [finals[i] for i in sorted(finals)]
         yield _usage_chunk(
             response_id,
@@ -438,8 +438,7 @@ async def _chat_chunks(
     tokenizer = http_request.app.state.client.engine.tokenizer
     trimmers = [StopTrimmer(stops) for _ in jobs]
     finals: dict[int, RequestOutput] = {}
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    continuous = _continuous_usage(body)
+    include_usage, continuous = _usage_options(body)
     generated = [0] * len(jobs)
 
     def chunk(index: int, delta: dict, finish_reason=None, logprobs=None, **extra) -> dict:

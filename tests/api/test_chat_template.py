@@ -3,7 +3,8 @@ with newlines), or, for a template that loops over a message's content, the text
 
 import pytest
 
-from loraplex.router.chat_template import chat_options, render_chat, takes_content_parts
+from loraplex.router.chat_template import chat_options, render_chat
+from loraplex.router.content_format import takes_content_parts
 from loraplex.router.openai_schemas import ChatMessage, ChatRequest
 from loraplex.server.tokenizer import load_tokenizer
 
