@@ -144,12 +144,16 @@ def run_peft(
             if not loaded:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, root / wanted[0], adapter_name=wanted[0]).eval()
+                model = PeftModel.from_pretrained(
+                    model, root / wanted[0], adapter_name=wanted[0], low_cpu_mem_usage=True
+                ).eval()
                 loaded.append(wanted[0])
             for adapter_id in wanted[len(loaded) :]:
-                if clock.left < estimate + 10:  # peft loads each adapter in seconds on large models
+                # peft loads each adapter in seconds on large models; low_cpu_mem_usage skips the
+                # random init of weights that the file then overwrites
+                if clock.left < estimate + 10:
                     break
-                model.load_adapter(root / adapter_id, adapter_name=adapter_id)
+                model.load_adapter(root / adapter_id, adapter_name=adapter_id, low_cpu_mem_usage=True)
                 loaded.append(adapter_id)
             if len(loaded) < count:
                 reason = f"time budget: ran out loading adapters ({len(loaded)} of {count} loaded)"

@@ -61,9 +61,11 @@ def load_peer(
         from peft import PeftModel
 
         first, *rest = adapter_ids
-        model = PeftModel.from_pretrained(model, adapter_root / first, adapter_name=first)
+        model = PeftModel.from_pretrained(
+            model, adapter_root / first, adapter_name=first, low_cpu_mem_usage=True
+        )
         for adapter_id in rest:
-            model.load_adapter(adapter_root / adapter_id, adapter_name=adapter_id)
+            model.load_adapter(adapter_root / adapter_id, adapter_name=adapter_id, low_cpu_mem_usage=True)
         model.eval()
     return model, tokenizer
 
