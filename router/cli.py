@@ -64,6 +64,13 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds SIGTERM waits for running requests",
     )
+    http.add_argument(
+        "--gil-switch-interval-ms",
+        type=_in_range(float, 0, 1000, "in (0, 1000] ms", low_open=True),
+        default=None,
+        help="how long the HTTP thread may keep the GIL while the engine thread waits for it "
+        "(default: Python's, 5 ms)",
+    )
 
     security = parser.add_argument_group("auth, rate limits and metrics")
     security.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable)")
@@ -223,6 +230,8 @@ def serve(args: argparse.Namespace) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     demo = use_demo_defaults(args)
+    if args.gil_switch_interval_ms is not None:
+        sys.setswitchinterval(args.gil_switch_interval_ms / 1000)
     if args.num_threads is not None:
         import torch
 
