@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -157,6 +158,7 @@ def _info(client: EngineClient) -> dict:
         max_active_adapters=info.adapter_slots,
         max_lora_rank=info.max_lora_rank,
         cuda_graphs=info.cuda_graphs,
+        gil_switch_interval_ms=round(sys.getswitchinterval() * 1000, 6),
         adapters=engine.adapters.tier_counts(),
     )
     return body

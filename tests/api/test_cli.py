@@ -100,6 +100,7 @@ def test_serve_starts_logs_a_summary_and_generates(llama_dir):
         assert response.status_code == 200
         info = httpx.get(url + "/info").json()
         assert info["architecture"] == "LlamaForCausalLM" and info["max_batch_total_tokens"] == 4096
+        assert info["gil_switch_interval_ms"] == 0.5  # not Python's 5 ms
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
@@ -189,6 +190,7 @@ def test_num_threads_must_be_positive(threads):
         ("--rate-limit-requests", "-1", "must be a positive integer"),
         ("--rate-limit-tokens", "0", "must be a positive integer"),
         ("--metrics-adapter-label-limit", "-1", "must be 0 or more"),
+        ("--gil-switch-interval-ms", "0", "must be in (0, 1000] ms"),
     ],
 )
 def test_out_of_range_flags_are_refused_at_start(flag, value, message):
