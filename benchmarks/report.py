@@ -159,8 +159,11 @@ def serving_section(report: dict[str, Any]) -> list[str]:
             f"({report['copy_bandwidth_GBps']:.0f} GB/s): "
             + ", ".join(f"{'base' if n in (0, '0') else n} {value:.0%}" for n, value in floor.items())
         )
-    reference = comparisons.get("vs_peft_h200_reference")
-    if reference:
+    measured = {str(k) for k, v in comparisons.get("vs_peft", {}).items() if v is not None}
+    if comparisons.get("loraplex_base_vs_transformers_base") is not None:
+        measured.add("base")
+    reference = {k: v for k, v in comparisons.get("vs_peft_h200_reference", {}).items() if k not in measured}
+    if any(value is not None for value in reference.values()):
         lines.append(
             "- against transformers + peft as measured on an H200 with these shapes (batch 64, prompt 128, "
             "32 new tokens; not run here): "

@@ -25,3 +25,15 @@ def test_demo_rates_are_the_evaluated_ones():
     assert f"base model (echo) {rates['base']:.0%}" in text
     for adapter in ("upper", "reverse", "rot13"):
         assert f"`{adapter}` {rates[adapter]:.1%}" in text
+
+
+def test_the_issues_peft_reference_is_quoted_only_for_peers_the_run_did_not_measure():
+    def reference_line(name: str) -> str:
+        results = json.loads((ROOT / "benchmarks/results" / name).read_text())
+        lines = [line for line in report.serving_section(results) if "as measured on an H200" in line]
+        return lines[0] if lines else ""
+
+    partial = reference_line("serving_gpu_h100.json")  # ran peft with 1 adapter and the base model only
+    assert "8 adapters" in partial and "64 adapters" in partial
+    assert "1 adapters" not in partial and "base model" not in partial
+    assert reference_line("serving_gpu.json") == ""  # ran every peer itself
