@@ -157,6 +157,12 @@ class Engine:
             cuda_graphs=use_graphs,
         )
         self._requests: dict[str, Request] = {}
+        # On CUDA a step's outputs reach their sinks once the next step's forward is queued, while the
+        # GPU runs it: the HTTP thread then streams them while the engine thread waits on the GPU,
+        # instead of taking the GIL from it while it schedules and prepares that step.
+        self.defer_delivery = self.device.type == "cuda"
+        self._pending: list[RequestOutput] = []
+        self.runner.after_launch = self._flush
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._consecutive_failures = 0
@@ -250,23 +256,42 @@ class Engine:
         self.last_step_ran = bool(batch.rows)
         if not batch.rows:
             self.last_batch_size = 0
+            self._flush()
             return []
         try:
             step = self.runner.run(batch)
         except Exception as error:  # noqa: BLE001 - a failed step fails its requests, not the engine
-            return self._isolate_failure(batch, error)
-        self._consecutive_failures = 0
-        return self._finish_step(batch, step)
+            outputs = self._isolate_failure(batch, error)
+        else:
+            self._consecutive_failures = 0
+            outputs = self._finish_step(batch, step)
+        if not self.scheduler.has_work:
+            self._flush()
+        return outputs
 
     def _finish_step(self, batch: ScheduledBatch, step: StepOutput) -> list[RequestOutput]:
         self.num_steps += 1
         self.num_batched_rows += len(batch.rows)
         self.last_batch_size = len(batch.rows)
         outputs = self.scheduler.postprocess(batch, step)
-        self._deliver(outputs)
+        if self.defer_delivery:
+            self._pending += outputs
+        else:
+            self._deliver(outputs)
         return outputs
 
+    def _flush(self) -> None:
+        """Hand the outputs held back from the last step to their sinks."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._hand_over(pending)
+
     def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand outputs to their sinks now, after any held back (a request's outputs stay in order)."""
+        self._flush()
+        self._hand_over(outputs)
+
+    def _hand_over(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
             request = self._requests.get(output.request_id)
             if request is None:

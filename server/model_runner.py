@@ -10,6 +10,7 @@ captured CUDA graph (`cuda_graphs`) when the engine made them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,9 @@ class ModelRunner:
         # On CUDA one attention call per sequence per layer costs more host time than GPU time.
         self.batch_prefill = device.type == "cuda"
         self.graphs = graphs
+        # Called once a step's forward is queued (on CUDA the host returns before the GPU is done), so
+        # host work done there overlaps the step's GPU time.
+        self.after_launch: Callable[[], None] | None = None
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         host = torch.tensor(values, dtype=torch.int64)
@@ -233,6 +237,8 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> StepOutput:
         """One step: forward and sample -> the token, logprob and alternatives of each sampling row."""
         logits = self.execute(batch)
+        if self.after_launch is not None:
+            self.after_launch()
         requests = [row.request for row in batch.sampling_rows]
         if not requests:
             return StepOutput([], [], [])

@@ -4,6 +4,9 @@ import asyncio
 
 import httpx
 from engine.reference import reference_greedy
+from server_harness import serve
+
+from loraplex.server.config import EngineConfig
 
 from .sse import parse_events
 
@@ -140,3 +143,46 @@ def test_info_answers_every_tgi_and_lorax_field(server):
     )  # fmt: skip
     assert {name: info[name] for name in absent} == dict.fromkeys(absent)
     assert info["status"] == "ready" and info["architecture"] == "LlamaForCausalLM"
+
+
+def test_outputs_held_back_a_step_as_on_cuda_stream_the_same_tokens(llama_dir, llama_reference):
+    """With each step's outputs handed over once the next forward is queued (the CUDA behaviour),
+    concurrent streams and plain requests get transformers' tokens, a stop sequence still ends its
+    stream, and every KV block comes back."""
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, dtype="float32")
+    prompts = ["Hello world", "Paged attention", "Adapters let", "0123"]
+    with serve(config) as running:
+        running.engine.defer_delivery = True
+        body = {"max_new_tokens": 12, "details": True, "ignore_eos_token": True}
+
+        async def streamed(client, prompt):
+            async with client.stream(
+                "POST", "/generate_stream", json={"inputs": prompt, "parameters": body}
+            ) as response:
+                lines = [line async for line in response.aiter_lines()]
+            return [e["token"]["id"] for e in parse_events(iter(lines))]
+
+        async def plain(client, prompt):
+            r = await client.post("/generate", json={"inputs": prompt, "parameters": body})
+            return [t["id"] for t in r.json()["details"]["tokens"]]
+
+        async def all_at_once():
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                return await asyncio.gather(
+                    *(streamed(client, p) for p in prompts), *(plain(client, p) for p in prompts)
+                )
+
+        results = asyncio.run(all_at_once())
+        for prompt, ids in zip(prompts * 2, results, strict=True):
+            assert ids == reference_greedy(llama_reference, running.engine.tokenizer(prompt).input_ids, 12)
+        full = generate(running, max_new_tokens=12, ignore_eos_token=True).json()["generated_text"]
+        stop = full[4:7]
+        cut = generate(running, max_new_tokens=12, ignore_eos_token=True, stop=[stop], details=True).json()
+        assert cut["details"]["finish_reason"] == "stop_sequence"
+        assert (
+            stop in cut["generated_text"]
+            and full.startswith(cut["generated_text"])
+            and cut["generated_text"] != full
+        )
+        running.wait_idle()
+        assert running.engine._pending == []

@@ -39,9 +39,12 @@ def holds(batch, request_id):
     return any(row.request.request_id == request_id for row in batch.rows)
 
 
-@pytest.fixture
-def engine(model_dirs):
-    return make_engine(model_dirs["llama"])
+@pytest.fixture(params=[False, True], ids=["immediate", "deferred"])
+def engine(model_dirs, request):
+    """The CPU engine, handing outputs over at once or, as on CUDA, after the next step is queued."""
+    made = make_engine(model_dirs["llama"])
+    made.defer_delivery = request.param
+    return made
 
 
 @pytest.fixture
