@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_serving_configs import CONFIGS
+
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parents[1] / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -28,11 +30,27 @@ def _load(name: str) -> dict[str, Any] | None:
 def _provenance(report: dict[str, Any], command: str) -> str:
     env = report["environment"]
     threads = env.get("torch_threads")
-    device = env["device"] + (f", {threads} torch threads" if threads and "CPU" in env["device"] else "")
+    plural = "s" if threads != 1 else ""
+    device = env["device"] + (
+        f", {threads} torch thread{plural}" if threads and "CPU" in env["device"] else ""
+    )
     return (
         f"{env['machine']}; {device}; torch {env['torch']}; {env['date']}; commit `{env['commit']}`. "
         f"Reproduce: `{command}`."
     )
+
+
+def _serving_command(report: dict[str, Any]) -> str:
+    """The command that reproduces a serving run, with the options it ran under where they differ
+    from its configuration's (results written before they were recorded name the configuration only)."""
+    command = f"python -m benchmarks.bench_serving --config {report['config']}"
+    options, config = report.get("options"), CONFIGS.get(report["config"])
+    if options is None or config is None:
+        return command
+    if options["budget_s"] != config.budget_s:
+        command += f" --budget {options['budget_s']:g}"
+    extra = options["server_args"][len(config.server_args) :]
+    return command + "".join(f" --server-arg={arg}" for arg in extra)
 
 
 def _runs(entry: dict[str, Any]) -> str:
@@ -173,7 +191,7 @@ def serving_section(report: dict[str, Any]) -> list[str]:
                 if value is not None
             )
         )
-    lines += ["", _provenance(report, f"python -m benchmarks.bench_serving --config {report['config']}")]
+    lines += ["", _provenance(report, _serving_command(report))]
     plots = [
         (kind, f"serving_{report['config']}_{kind}.png")
         for kind in ("throughput", "latency", "cdf")
@@ -257,13 +275,40 @@ def blocks_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def decode_step_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### Decode steps in-process, without HTTP ({report['config'].upper()})",
+        "",
+        f"{report['model']}, {report['dtype']}; {report['batch']} requests decoding together (prompts "
+        f"{report['prompt_tokens']} tokens), the engine built as `loraplex serve` builds it and stepped "
+        f"on the benchmark's own thread; median step over {report['passes']} passes of every adapter "
+        "count. The runner's share is the forward and sampling; the rest is scheduling and handing "
+        "outputs over.",
+        "",
+        "| adapters | step (ms) | runner (ms) | rest (ms) | LoRA cost (ms) | of byte floor |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for count, step in report["steps"].items():
+        cost = "" if step["lora_cost_ms"] is None else f"{step['lora_cost_ms']:.1f}"
+        lines.append(
+            f"| {'none' if count == '0' else count} | {step['step_ms']:.1f} | {step['runner_ms']:.1f} | "
+            f"{step['rest_ms']:.2f} | {cost} | {step['fraction_of_floor']:.0%} |"
+        )
+    command = (
+        f"python -m benchmarks.bench_decode_step --config {report['config']} --passes {report['passes']}"
+    )
+    return [*lines, "", _provenance(report, command)]
+
+
 def render() -> str:
     sections = [
         ("engine_vs_transformers_cpu.json", engine_section),
         ("adapters_cpu.json", adapters_section),
         ("serving_cpu.json", serving_section),
+        ("decode_step_cpu.json", decode_step_section),
         ("adapters_cuda.json", adapters_section),
         ("serving_gpu.json", serving_section),
+        ("decode_step_gpu.json", decode_step_section),
         *(
             (path.name, kernels_section)
             for path in sorted(RESULTS.glob("lora_kernels_*.json"))

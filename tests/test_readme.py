@@ -37,3 +37,26 @@ def test_the_issues_peft_reference_is_quoted_only_for_peers_the_run_did_not_meas
     assert "8 adapters" in partial and "64 adapters" in partial
     assert "1 adapters" not in partial and "base model" not in partial
     assert reference_line("serving_gpu.json") == ""  # ran every peer itself
+
+
+def test_a_serving_result_names_the_options_it_ran_under():
+    results = json.loads((ROOT / "benchmarks/results/serving_gpu.json").read_text())
+    results["options"] = {
+        "budget_s": 520.0,
+        "server_args": [
+            "--max-batch-total-tokens",
+            "32768",
+            "--adapter-cpu-cache",
+            "128",
+            "--no-cuda-graphs",
+        ],
+    }
+    line = report.serving_section(results)[-3]
+    assert (
+        "Reproduce: `python -m benchmarks.bench_serving --config gpu --budget 520 --server-arg=--no-cuda-graphs`"
+        in line
+    )
+    results["options"] = {"budget_s": 225.0, "server_args": results["options"]["server_args"][:4]}
+    assert (
+        "Reproduce: `python -m benchmarks.bench_serving --config gpu`." in report.serving_section(results)[-3]
+    )

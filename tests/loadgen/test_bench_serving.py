@@ -109,6 +109,30 @@ def test_gpu_config_code_path_runs_with_tiny_shapes_on_cpu(tmp_path, monkeypatch
     floor = report["runs"][1]["byte_floor"]
     assert floor["distinct_adapters_per_step"] == 3 and floor["fraction_of_floor_step"] > 0
     assert report["comparisons"]["vs_peft"][3] > 0
-    assert {"environment", "workload", "comparisons", "timing_s"} <= set(report)
+    assert {"environment", "workload", "comparisons", "timing_s", "options"} <= set(report)
+    assert report["options"]["budget_s"] == config.budget_s
     assert report["workload"]["adapter_pool"] == 3 and report["workload"]["adapter_counts"] == [1, 3]
     assert len(list(tmp_path.glob("plot_*.png"))) == 3
+
+
+def test_decode_step_benchmark_times_the_engine_without_http(tmp_path, monkeypatch):
+    from benchmarks import bench_decode_step
+
+    monkeypatch.setattr(bench_serving, "work_dir", lambda needed: tmp_path / "work")
+    config = dataclasses.replace(TINY_GPU, adapter_counts=(1, 2), concurrency=2, unique_adapters=2)
+    report = bench_decode_step.measure(config, (0, 1, 2), passes=2)
+    assert report["batch"] == 2 and report["passes"] == 2 and report["cuda_graphs"] is False
+    steps = report["steps"]
+    assert set(steps) == {"0", "1", "2"}
+    new_tokens = bench_decode_step.LENGTHS["gpu-tiny"][1]
+    for n, entry in steps.items():
+        # every step after the prefill and the first decode one, in each of the two passes
+        assert entry["steps"] == 2 * (new_tokens - 2)
+        assert entry["distinct_adapters"] == int(n)
+        assert 0 < entry["runner_ms"] <= entry["step_ms"] and entry["min_step_ms"] <= entry["step_ms"]
+        assert entry["rest_ms"] == pytest.approx(entry["step_ms"] - entry["runner_ms"])
+        assert entry["fraction_of_floor"] == pytest.approx(entry["floor_ms"] / entry["step_ms"])
+    assert steps["0"]["lora_cost_ms"] is None
+    assert steps["2"]["lora_cost_ms"] == pytest.approx(steps["2"]["step_ms"] - steps["0"]["step_ms"])
+    assert steps["2"]["floor_ms"] > steps["1"]["floor_ms"] > steps["0"]["floor_ms"]  # adapter bytes
+    assert "LoRA cost ms" in bench_decode_step.table(report)
