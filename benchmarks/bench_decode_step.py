@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_serving import prepare_model
-from benchmarks.bench_serving_configs import CONFIGS, TINY_GPU, BenchConfig
+from benchmarks.bench_serving_configs import BenchConfig, add_config_arguments, chosen_config
 from benchmarks.bench_serving_floor import copy_bandwidth, step_bytes
 from benchmarks.bench_serving_runs import serve_args
 from loraplex.loadgen.report import environment, write_report
@@ -166,16 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="gpu")
-    parser.add_argument("--tiny", action="store_true", help="GPU config only: tiny shapes on CPU")
+    add_config_arguments(parser, default="gpu")
     parser.add_argument("--passes", type=int, default=4, help="passes over the adapter counts")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    config = CONFIGS[args.config]
-    if args.tiny:
-        if args.config != "gpu":
-            parser.error("--tiny goes with --config gpu")
-        config = TINY_GPU
+    config = chosen_config(parser, args)
     counts = (0, *sorted({min(n, config.concurrency) for n in config.adapter_counts}))
     report = measure(config, counts, args.passes)
     folder = Path(tempfile.gettempdir()) if args.tiny else RESULTS

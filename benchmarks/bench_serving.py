@@ -39,7 +39,12 @@ from benchmarks.bench_serving_build import (
     write_random_adapters,
     write_random_model,
 )
-from benchmarks.bench_serving_configs import CONFIGS, PEFT_H200_REFERENCE, TINY_GPU, BenchConfig
+from benchmarks.bench_serving_configs import (
+    PEFT_H200_REFERENCE,
+    BenchConfig,
+    add_config_arguments,
+    chosen_config,
+)
 from benchmarks.bench_serving_floor import copy_bandwidth, floor_fraction
 from benchmarks.bench_serving_runs import Clock, best_of, run_peft, run_server, workload
 from benchmarks.random_adapters import build_adapters
@@ -206,10 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    parser.add_argument(
-        "--tiny", action="store_true", help="GPU config only: tiny shapes on CPU, a quick check"
-    )
+    add_config_arguments(parser, default="cpu")
     parser.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/results/serving_<config>.json"
     )
@@ -224,11 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         help="extra `loraplex serve` argument, e.g. --server-arg=--no-cuda-graphs (repeatable)",
     )
     args = parser.parse_args(argv)
-    config = CONFIGS[args.config]
-    if args.tiny:
-        if args.config != "gpu":
-            parser.error("--tiny goes with --config gpu")
-        config = TINY_GPU
+    config = chosen_config(parser, args)
     if args.budget:
         config = dataclasses.replace(config, budget_s=args.budget)
     if args.threads:

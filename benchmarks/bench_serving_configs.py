@@ -3,6 +3,7 @@ and the GPU one shrunk to tiny shapes on CPU, which checks its code path where n
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 
@@ -106,3 +107,20 @@ TINY_GPU = dataclasses.replace(
 
 # transformers + peft on an H200 with the GPU config's shapes (issue 7), for context when not measured.
 PEFT_H200_REFERENCE = {"base": 1554.0, "1": 391.0, "8": 126.0, "64": 17.0}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """--config and --tiny, for the benchmarks that run these configurations."""
+    parser.add_argument("--config", choices=sorted(CONFIGS), default=default)
+    parser.add_argument(
+        "--tiny", action="store_true", help="GPU config only: tiny shapes on CPU, a quick check"
+    )
+
+
+def chosen_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchConfig:
+    """The configuration that --config and --tiny name (--tiny goes with --config gpu only)."""
+    if not args.tiny:
+        return CONFIGS[args.config]
+    if args.config != "gpu":
+        parser.error("--tiny goes with --config gpu")
+    return TINY_GPU

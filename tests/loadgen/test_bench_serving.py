@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from benchmarks import bench_serving, bench_serving_build
-from benchmarks.bench_serving import TINY_GPU, run_config
+from benchmarks.bench_serving import run_config
 from benchmarks.bench_serving_build import (
     LLAMA3_8B,
     TINY,
@@ -20,6 +20,7 @@ from benchmarks.bench_serving_build import (
     write_random_adapters,
     write_random_model,
 )
+from benchmarks.bench_serving_configs import TINY_GPU
 from benchmarks.bench_serving_floor import copy_bandwidth, floor_fraction, step_bytes
 
 
