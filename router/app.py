@@ -37,6 +37,8 @@ class ServerSettings:
     rate_limit_tokens: int | None = None
     request_timeout: float | None = None
     adapter_label_limit: int = 100
+    chat_template: str | None = None  # --chat-template: stands in for the base model's
+    trust_request_chat_template: bool = False
 
 
 def package_version() -> str:

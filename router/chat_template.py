@@ -1,6 +1,7 @@
-"""Chat prompts: the adapter's own chat template when its folder ships one, else the base model's,
-rendered with vLLM's chat extras (`add_generation_prompt`, `continue_final_message`,
-`chat_template_kwargs`)."""
+"""Chat prompts, rendered with vLLM's chat extras (`add_generation_prompt`, `continue_final_message`,
+`chat_template_kwargs`) from the first template there is of: the request's own (only when the server
+trusts them, `--trust-request-chat-template`), the adapter's (when its folder ships one), the server's
+`--chat-template`, the base model's."""
 
 from __future__ import annotations
 
@@ -87,20 +88,26 @@ class ChatOptions:
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None  # the request's own, when the server trusts it
 
 
 # Keys vLLM refuses in `chat_template_kwargs`; `tools` too, since tools are not served here.
-_REFUSED_KWARGS = ("chat_template", "tokenize", "tools")
+_REFUSED_KWARGS = ("tokenize", "tools")
 
 
-def chat_options(body) -> ChatOptions:
-    """The request's chat extras, refused where vLLM (with its default flags) refuses them."""
+def chat_options(body, trust_request_template: bool = False) -> ChatOptions:
+    """The request's chat extras, refused where vLLM refuses them. A request's own `chat_template` is
+    used only by a server started with --trust-request-chat-template; as in vLLM, one inside
+    `chat_template_kwargs` is then dropped (the `chat_template` field is the one that counts)."""
     kwargs = dict(body.chat_template_kwargs or {})
-    if body.chat_template is not None or kwargs.get("chat_template") is not None:
+    if not trust_request_template and (
+        body.chat_template is not None or kwargs.get("chat_template") is not None
+    ):
         raise validation_error(
-            "`chat_template` is not accepted: a chat template sent with a request is refused "
-            "(as vLLM refuses it unless started with --trust-request-chat-template)"
+            "`chat_template` is not accepted: this server does not render chat templates sent with a "
+            "request (start it with --trust-request-chat-template to allow them)"
         )
+    kwargs.pop("chat_template", None)
     refused = [key for key in _REFUSED_KWARGS if key in kwargs]
     if refused:
         raise validation_error(f"`chat_template_kwargs` cannot set {', '.join(map(repr, refused))}")
@@ -116,7 +123,7 @@ def chat_options(body) -> ChatOptions:
     documents = (body.model_extra or {}).get("documents")
     if documents is not None:  # vLLM's `documents`, for templates that render retrieved documents
         kwargs["documents"] = documents
-    return ChatOptions(body.add_generation_prompt, body.continue_final_message, kwargs)
+    return ChatOptions(body.add_generation_prompt, body.continue_final_message, kwargs, body.chat_template)
 
 
 def reply_role(messages, options: ChatOptions) -> str:
@@ -132,16 +139,26 @@ def _template_variables(tokenizer, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_chat(
-    tokenizer, messages, adapter: AdapterLocation | None, options: ChatOptions | None = None
+    tokenizer,
+    messages,
+    adapter: AdapterLocation | None,
+    options: ChatOptions | None = None,
+    server_template: str | None = None,
 ) -> list[int]:
     """Token ids of the conversation: ending where the assistant's reply starts (with a generation
-    prompt), where the last message ends (without), or inside the last message (continued)."""
+    prompt), where the last message ends (without), or inside the last message (continued).
+    `server_template` (--chat-template) stands in for the base model's."""
     options = options or ChatOptions()
-    template = adapter_template(adapter) or getattr(tokenizer, "chat_template", None)
+    template = (
+        options.template
+        or adapter_template(adapter)
+        or server_template
+        or getattr(tokenizer, "chat_template", None)
+    )
     if not template:
         raise validation_error(
-            "this model has no chat template (neither the adapter nor the base model ships one); "
-            "use /v1/completions or /generate"
+            "this model has no chat template (neither the adapter nor the base model ships one, and "
+            "the server has no --chat-template); use /v1/completions or /generate"
         )
     parts = takes_content_parts(template)
     conversation = [_template_message(m, parts) for m in messages]
@@ -157,3 +174,23 @@ def render_chat(
     except (ValueError, TypeError, jinja2.TemplateError) as error:
         raise validation_error(f"the chat template could not be rendered: {error}") from error
     return tokenizer(check_text(text, "messages"), add_special_tokens=False).input_ids
+
+
+def load_server_template(value: str) -> str:
+    """--chat-template: a file's contents, or the template itself when no such file exists and the text
+    looks like Jinja (as vLLM reads the flag). Raises ValueError with a one-line reason."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            template = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read {value}: {error}") from error
+    elif any(mark in value for mark in ("{{", "{%")):
+        template = value
+    else:
+        raise ValueError(f"no such file: {value}")
+    try:
+        jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError as error:
+        raise ValueError(f"not a valid Jinja template: {error} (line {error.lineno})") from error
+    return template

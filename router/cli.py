@@ -72,6 +72,19 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(Python's own default is 5 ms, which delays GPU decode steps)",
     )
 
+    chat = parser.add_argument_group("chat")
+    chat.add_argument(
+        "--chat-template",
+        default=None,
+        help="a chat template file (or the template itself) that replaces the base model's; adapters "
+        "that ship their own keep theirs",
+    )
+    chat.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="render the `chat_template` a chat request sends (refused by default, as in vLLM)",
+    )
+
     security = parser.add_argument_group("auth, rate limits and metrics")
     security.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable)")
     security.add_argument("--api-key-file", default=None, help="file with one API key per line")
@@ -224,6 +237,7 @@ def serve(args: argparse.Namespace) -> None:
 
     from .app import ServerSettings, create_app
     from .auth import read_api_keys
+    from .chat_template import load_server_template
     from .draining import DrainingServer
 
     logging.basicConfig(
@@ -243,6 +257,12 @@ def serve(args: argparse.Namespace) -> None:
     except (ConfigError, ModelLoadError) as error:
         fail(str(error))
 
+    chat_template = None
+    if args.chat_template is not None:
+        try:
+            chat_template = load_server_template(args.chat_template)
+        except ValueError as error:
+            fail(f"--chat-template: {error}")
     try:
         settings = ServerSettings(
             max_concurrent_requests=args.max_concurrent_requests,
@@ -252,6 +272,8 @@ def serve(args: argparse.Namespace) -> None:
             rate_limit_tokens=args.rate_limit_tokens,
             request_timeout=args.request_timeout,
             adapter_label_limit=args.metrics_adapter_label_limit,
+            chat_template=chat_template,
+            trust_request_chat_template=args.trust_request_chat_template,
         )
     except OSError as error:
         fail(f"--api-key-file: {error}")

@@ -392,8 +392,9 @@ async def chat_completions(body: ChatRequest, http_request: Request):
             raise validation_error("`top_logprobs` requires `logprobs` to be true")
         if not 0 <= body.top_logprobs <= MAX_LOGPROBS:
             raise validation_error(f"`top_logprobs` must be >= 0 and <= {MAX_LOGPROBS}")
-    options = chat_options(body)
-    prompt_ids = render_chat(engine.tokenizer, body.messages, adapter, options)
+    settings = http_request.app.state.settings
+    options = chat_options(body, settings.trust_request_chat_template)
+    prompt_ids = render_chat(engine.tokenizer, body.messages, adapter, options, settings.chat_template)
     role = reply_role(body.messages, options)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     jobs = _jobs(engine, body, adapter, prompt_ids, max_tokens, body.top_logprobs or 0, False)

@@ -78,3 +78,53 @@ def test_documents_reach_the_template_as_vllm_passes_them():
         chat_options(ChatRequest(model="", messages=[{"role": "user", "content": "hi"}])).template_kwargs
         == {}
     )
+
+
+def _request(**fields) -> ChatRequest:
+    return ChatRequest(model="", messages=[{"role": "user", "content": "Hi"}], **fields)
+
+
+def test_a_requests_own_template_is_used_only_when_the_server_trusts_it():
+    own = "{% for m in messages %}<<{{ m.content }}>>{% endfor %}"
+    with pytest.raises(Exception, match="--trust-request-chat-template"):
+        chat_options(_request(chat_template=own))
+    with pytest.raises(Exception, match="--trust-request-chat-template"):
+        chat_options(_request(chat_template_kwargs={"chat_template": own}))
+    assert chat_options(_request(chat_template=own), trust_request_template=True).template == own
+    # as in vLLM, a template inside chat_template_kwargs is dropped, not rendered, when trusted
+    trusted = chat_options(_request(chat_template_kwargs={"chat_template": own, "x": 1}), True)
+    assert trusted.template is None and trusted.template_kwargs == {"x": 1}
+
+
+def test_template_precedence_request_then_adapter_then_server_then_base_model(llama_dir, tmp_path):
+    from loraplex.server.adapters.sources import LOCAL, AdapterLocation
+
+    tokenizer = load_tokenizer(llama_dir)
+    tokenizer.chat_template = "base:{{ messages[0].content }}"
+    server = "server:{{ messages[0].content }}"
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "chat_template.jinja").write_text("adapter:{{ messages[0].content }}")
+    adapter = AdapterLocation(source=LOCAL, path=folder, adapter_id="a", repo_id=None)
+    messages = [ChatMessage(role="user", content="Hi")]
+    own = chat_options(_request(chat_template="request:{{ messages[0].content }}"), True)
+
+    def text(adapter_location, options=None, server_template=None):
+        return tokenizer.decode(render_chat(tokenizer, messages, adapter_location, options, server_template))
+
+    assert text(adapter, own, server) == "request:Hi"
+    assert text(adapter, None, server) == "adapter:Hi"
+    assert text(None, None, server) == "server:Hi"
+    assert text(None) == "base:Hi"
+
+
+def test_the_server_template_is_read_from_a_file_or_taken_as_written(tmp_path):
+    from loraplex.router.chat_template import load_server_template
+
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    path = tmp_path / "chat.jinja"
+    path.write_text(template)
+    assert load_server_template(str(path)) == template
+    assert load_server_template(template) == template
+    with pytest.raises(ValueError, match="no such file"):
+        load_server_template(str(tmp_path / "missing.jinja"))

@@ -209,6 +209,19 @@ def test_a_key_file_without_keys_refuses_to_start(tmp_path, llama_dir, content):
     assert_one_clear_line(result, "--api-key-file", "no key in it")
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("no/such/template.jinja", "--chat-template: no such file: no/such/template.jinja"),
+        ("{% for m in messages %}{{ m.content }}", "--chat-template: not a valid Jinja template"),
+    ],
+    ids=["missing-file", "bad-jinja"],
+)
+def test_a_chat_template_that_cannot_be_used_refuses_to_start(llama_dir, value, message):
+    result = run_cli("serve", "--model-id", str(llama_dir), "--chat-template", value)
+    assert_one_clear_line(result, message)
+
+
 def test_a_blank_api_key_refuses_to_start(llama_dir):
     result = run_cli("serve", "--model-id", str(llama_dir), "--api-key", " ")
     assert_one_clear_line(result, "--api-key: a key cannot be blank")

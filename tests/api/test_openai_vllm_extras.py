@@ -322,3 +322,28 @@ def test_streams_with_usage_send_null_usage_on_every_other_chunk(server, route):
     assert len(chunks) >= 4
     assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_server_template_and_trusted_request_templates(llama_dir):
+    """--chat-template gives a model without one a chat route; with --trust-request-chat-template a
+    request's own template is rendered instead (the prompt's token count shows which one was)."""
+    server_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    own = "{{ 'note: ' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    config = EngineConfig(model_id=str(llama_dir), max_batch_total_tokens=4096, max_total_tokens=256)
+    with serve(config, chat_template=server_template, trust_request_chat_template=True) as running:
+        tokenizer = running.engine.tokenizer
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def prompt_tokens(**extra) -> int:
+            body = {**GREEDY["extra_body"], **extra}
+            reply = client.chat.completions.create(
+                messages=MESSAGES, max_tokens=1, model="", temperature=0, extra_body=body
+            )
+            return reply.usage.prompt_tokens
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+        assert prompt_tokens() == count("[user] Tell me\n")
+        assert prompt_tokens(chat_template=own) == count("note: Tell me")
+        running.wait_idle()
