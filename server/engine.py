@@ -299,7 +299,10 @@ class Engine:
             if output.finished:
                 del self._requests[output.request_id]
             if request.sink is not None:
-                request.sink(output)
+                try:
+                    request.sink(output)
+                except Exception:  # noqa: BLE001 - one sink's failure is not the step's nor the others'
+                    logger.exception("handing output of request %s over failed", output.request_id)
 
     def _isolate_failure(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
         """A step of several requests failed: run each request's rows alone, so that one request that
@@ -395,7 +398,11 @@ class Engine:
                 self.step()
                 idle = not self.last_step_ran
             else:
+                # An abort can take the last running request between two steps: what the last step
+                # held back goes out before the loop waits.
+                self._flush()
                 idle = True
+        self._flush()
 
     def call_soon(self, function) -> None:
         """Run `function()` on the engine thread between steps (any thread may ask)."""

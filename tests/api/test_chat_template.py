@@ -91,9 +91,11 @@ def test_a_requests_own_template_is_used_only_when_the_server_trusts_it():
     with pytest.raises(Exception, match="--trust-request-chat-template"):
         chat_options(_request(chat_template_kwargs={"chat_template": own}))
     assert chat_options(_request(chat_template=own), trust_request_template=True).template == own
-    # as in vLLM, a template inside chat_template_kwargs is dropped, not rendered, when trusted
+    # as in current vLLM, one inside chat_template_kwargs counts when the field is not set
     trusted = chat_options(_request(chat_template_kwargs={"chat_template": own, "x": 1}), True)
-    assert trusted.template is None and trusted.template_kwargs == {"x": 1}
+    assert trusted.template == own and trusted.template_kwargs == {"x": 1}
+    both = chat_options(_request(chat_template="field", chat_template_kwargs={"chat_template": own}), True)
+    assert both.template == "field" and both.template_kwargs == {}
 
 
 def test_template_precedence_request_then_adapter_then_server_then_base_model(llama_dir, tmp_path):
@@ -126,5 +128,12 @@ def test_the_server_template_is_read_from_a_file_or_taken_as_written(tmp_path):
     path.write_text(template)
     assert load_server_template(str(path)) == template
     assert load_server_template(template) == template
+    assert load_server_template("{{ 'a' }}\\n{{ 'b' }}") == "{{ 'a' }}\n{{ 'b' }}"  # as vLLM decodes it
+    # what transformers renders parses: loop controls and {% generation %} blocks
+    for accepted in (
+        "{% for m in messages %}{{ m.content }}{% if loop.index > 1 %}{% break %}{% endif %}{% endfor %}",
+        "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}",
+    ):
+        assert load_server_template(accepted) == accepted
     with pytest.raises(ValueError, match="no such file"):
         load_server_template(str(tmp_path / "missing.jinja"))

@@ -190,7 +190,8 @@ def test_num_threads_must_be_positive(threads):
         ("--rate-limit-requests", "-1", "must be a positive integer"),
         ("--rate-limit-tokens", "0", "must be a positive integer"),
         ("--metrics-adapter-label-limit", "-1", "must be 0 or more"),
-        ("--gil-switch-interval-ms", "0", "must be in (0, 1000] ms"),
+        ("--gil-switch-interval-ms", "0", "must be in [0.001, 1000] ms"),
+        ("--gil-switch-interval-ms", "1e-321", "must be in [0.001, 1000] ms"),
     ],
 )
 def test_out_of_range_flags_are_refused_at_start(flag, value, message):

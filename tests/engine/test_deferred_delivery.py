@@ -1,6 +1,8 @@
 """Outputs held back until the next step's forward is queued (what the engine does on CUDA): the same
 tokens, in order, each delivered while the next forward runs, nothing left behind when work ends."""
 
+import threading
+
 import pytest
 
 from loraplex.server.request import SamplingParams
@@ -91,3 +93,70 @@ def test_an_abort_drops_the_outputs_held_back_for_that_request(engine):
     engine.step()  # nothing to run: what is held back is handed over, and the aborted request gets none
     assert seen == [] and engine._pending == [] and engine._requests == {}
     assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
+
+
+def test_a_held_back_final_output_goes_out_when_an_abort_empties_the_batch(model_dirs):
+    """The engine thread's own loop: B finishes in the step during which A is aborted, so no step
+    follows to hand B's last output over; the loop must, before it waits for work."""
+    engine = make_engine(model_dirs["llama"])
+    engine.defer_delivery = True
+    seen, done = [], threading.Event()
+    ids = engine.tokenizer(PROMPTS[0]).input_ids
+
+    def short_sink(output):
+        seen.append(output)
+        if len(seen) == 2:
+            engine.abort("long")  # on the engine thread, while the step that finishes B runs
+        if output.finished:
+            done.set()
+
+    long = engine.make_request(
+        ids, SamplingParams(max_new_tokens=50, ignore_eos_token=True), request_id="long"
+    )
+    short = engine.make_request(
+        ids, SamplingParams(max_new_tokens=3, ignore_eos_token=True), request_id="short", sink=short_sink
+    )
+    engine.submit(long)
+    engine.submit(short)
+    engine.start()
+    try:
+        assert done.wait(10), f"B's final output never came: {len(seen)} outputs"
+        assert [o.finished for o in seen] == [False, False, True]
+    finally:
+        engine.shutdown()
+    assert engine._pending == [] and engine._requests == {}
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["immediate", "deferred"])
+def test_a_sink_that_raises_costs_only_its_own_output(engine, defer):
+    """Not a failed step (nothing is run again) and not the other requests' outputs."""
+    engine.defer_delivery = defer
+    outputs: dict[str, list] = {"a": [], "b": []}
+
+    def failing_once(output):
+        if not outputs["a"] and not getattr(failing_once, "failed", False):
+            failing_once.failed = True
+            raise RuntimeError("the event loop is gone")
+        outputs["a"].append(output)
+
+    params = SamplingParams(max_new_tokens=4, ignore_eos_token=True)
+    ids = engine.tokenizer(PROMPTS[0]).input_ids
+    a = engine.make_request(ids, params, request_id=f"a-{defer}", sink=failing_once)
+    b = engine.make_request(ids, params, request_id=f"b-{defer}", sink=outputs["b"].append)
+    runs = {"n": 0}
+    run = engine.runner.run
+
+    def counting(batch):
+        runs["n"] += 1
+        return run(batch)
+
+    engine.runner.run = counting
+    steps = engine.num_steps
+    try:
+        engine.generate([a, b])
+    finally:
+        del engine.runner.run
+    assert runs["n"] == engine.num_steps - steps == 4  # no step was re-run one request at a time
+    assert len(outputs["b"]) == 4 and outputs["b"][-1].finished
+    assert len(outputs["a"]) == 3 and outputs["a"][-1].finished
+    assert engine._pending == [] and engine._requests == {}
