@@ -5,6 +5,7 @@ trusts them, `--trust-request-chat-template`), the adapter's (when its folder sh
 
 from __future__ import annotations
 
+import codecs
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import jinja2
 
 from loraplex.server.adapters.sources import HUB, AdapterLocation
 
-from .content_format import takes_content_parts
+from .content_format import takes_content_parts, template_environment
 from .errors import validation_error
 from .validation import check_text
 
@@ -97,8 +98,8 @@ _REFUSED_KWARGS = ("tokenize", "tools")
 
 def chat_options(body, trust_request_template: bool = False) -> ChatOptions:
     """The request's chat extras, refused where vLLM refuses them. A request's own `chat_template` is
-    used only by a server started with --trust-request-chat-template; as in vLLM, one inside
-    `chat_template_kwargs` is then dropped (the `chat_template` field is the one that counts)."""
+    used only by a server started with --trust-request-chat-template; as in current vLLM, one inside
+    `chat_template_kwargs` is used when the `chat_template` field is not set."""
     kwargs = dict(body.chat_template_kwargs or {})
     if not trust_request_template and (
         body.chat_template is not None or kwargs.get("chat_template") is not None
@@ -107,6 +108,7 @@ def chat_options(body, trust_request_template: bool = False) -> ChatOptions:
             "`chat_template` is not accepted: this server does not render chat templates sent with a "
             "request (start it with --trust-request-chat-template to allow them)"
         )
+    own_template = body.chat_template or kwargs.pop("chat_template", None)
     kwargs.pop("chat_template", None)
     refused = [key for key in _REFUSED_KWARGS if key in kwargs]
     if refused:
@@ -123,7 +125,7 @@ def chat_options(body, trust_request_template: bool = False) -> ChatOptions:
     documents = (body.model_extra or {}).get("documents")
     if documents is not None:  # vLLM's `documents`, for templates that render retrieved documents
         kwargs["documents"] = documents
-    return ChatOptions(body.add_generation_prompt, body.continue_final_message, kwargs, body.chat_template)
+    return ChatOptions(body.add_generation_prompt, body.continue_final_message, kwargs, own_template)
 
 
 def reply_role(messages, options: ChatOptions) -> str:
@@ -177,8 +179,9 @@ def render_chat(
 
 
 def load_server_template(value: str) -> str:
-    """--chat-template: a file's contents, or the template itself when no such file exists and the text
-    looks like Jinja (as vLLM reads the flag). Raises ValueError with a one-line reason."""
+    """--chat-template: a file's contents, or the template itself (escapes such as \\n decoded) when
+    no such file exists and the text looks like Jinja, as vLLM reads the flag. Raises ValueError with a
+    one-line reason."""
     path = Path(value)
     if path.is_file():
         try:
@@ -186,11 +189,11 @@ def load_server_template(value: str) -> str:
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"cannot read {value}: {error}") from error
     elif any(mark in value for mark in ("{{", "{%")):
-        template = value
+        template = codecs.decode(value, "unicode_escape")
     else:
         raise ValueError(f"no such file: {value}")
     try:
-        jinja2.Environment().parse(template)
+        template_environment().parse(template)
     except jinja2.TemplateSyntaxError as error:
         raise ValueError(f"not a valid Jinja template: {error} (line {error.lineno})") from error
     return template

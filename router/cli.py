@@ -66,7 +66,7 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     http.add_argument(
         "--gil-switch-interval-ms",
-        type=_in_range(float, 0, 1000, "in (0, 1000] ms", low_open=True),
+        type=_in_range(float, 0.001, 1000, "in [0.001, 1000] ms"),
         default=0.5,
         help="how long the HTTP thread may keep the GIL while the engine thread waits for it "
         "(Python's own default is 5 ms, which delays GPU decode steps)",

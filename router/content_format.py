@@ -65,14 +65,18 @@ def _aliases(tree: jinja2.nodes.Template, name: str) -> set[str]:
         names |= more
 
 
+def template_environment() -> jinja2.Environment:
+    """An environment that parses what transformers renders: loop controls and `{% generation %}`."""
+    return jinja2.Environment(extensions=[jinja2.ext.loopcontrols, _GenerationTag])
+
+
 @lru_cache(maxsize=64)
 def takes_content_parts(template: str) -> bool:
     """vLLM's content format: a template that loops over a message's content (`{% for part in
     message['content'] %}`) is given each message's content as a list of text parts, as OpenAI sends
     it; any other is given one string. A template that cannot be parsed is given strings."""
-    environment = jinja2.Environment(extensions=[jinja2.ext.loopcontrols, _GenerationTag])
     try:
-        tree = environment.parse(template)
+        tree = template_environment().parse(template)
     except jinja2.TemplateError:
         return False
     messages = _loop_names(tree, _aliases(tree, "messages"))
