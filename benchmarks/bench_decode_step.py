@@ -9,7 +9,8 @@ The engine is built exactly as `loraplex serve` builds it for the serving benchm
 output length start together, and every step in which they all decode is timed. For each adapter
 count up to the batch size (round robin: each request its own adapter at the largest) it reports the median step,
 the part spent in the model runner (forward and sampling; on GPU the wait for the device is here), the
-rest (scheduling, bookkeeping, handing outputs over), the LoRA cost against the base model, and the
+rest (scheduling and bookkeeping; the requests have no HTTP sinks, so nothing is handed over), the
+LoRA cost against the base model, and the
 step's byte floor (see `bench_serving_floor`). Counts run in order, then in reverse, `--passes`
 times in all; each keeps the median step over its passes (this drifts less than any one pass).
 

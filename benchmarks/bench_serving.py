@@ -186,7 +186,11 @@ def run_config(config: BenchConfig, out: Path, plots: Path | None, progress: boo
             "assignment": "round robin over the first N adapters of the pool",
             "torch_threads": config.threads or torch.get_num_threads(),
         },
-        "options": {"budget_s": config.budget_s, "server_args": list(config.server_args)},
+        "options": {
+            "budget_s": config.budget_s,
+            "server_args": list(config.server_args),
+            "threads": config.threads,
+        },
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "mean_decode_context_tokens": context,
         "runs": runs,

@@ -49,6 +49,8 @@ def _serving_command(report: dict[str, Any]) -> str:
         return command
     if options["budget_s"] != config.budget_s:
         command += f" --budget {options['budget_s']:g}"
+    if options.get("threads", config.threads) != config.threads:
+        command += f" --threads {options['threads']}"
     extra = options["server_args"][len(config.server_args) :]
     return command + "".join(f" --server-arg={arg}" for arg in extra)
 
@@ -282,8 +284,8 @@ def decode_step_section(report: dict[str, Any]) -> list[str]:
         f"{report['model']}, {report['dtype']}; {report['batch']} requests decoding together (prompts "
         f"{report['prompt_tokens']} tokens), the engine built as `loraplex serve` builds it and stepped "
         f"on the benchmark's own thread; median step over {report['passes']} passes of every adapter "
-        "count. The runner's share is the forward and sampling; the rest is scheduling and handing "
-        "outputs over.",
+        "count. The runner's share is the forward and sampling; the rest is scheduling and "
+        "bookkeeping (no HTTP here: outputs go nowhere).",
         "",
         "| adapters | step (ms) | runner (ms) | rest (ms) | LoRA cost (ms) | of byte floor |",
         "|---:|---:|---:|---:|---:|---:|",
