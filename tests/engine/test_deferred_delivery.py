@@ -2,6 +2,7 @@
 tokens, in order, each delivered while the next forward runs, nothing left behind when work ends."""
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -17,19 +18,33 @@ def engine(model_dirs):
     return make_engine(model_dirs["llama"])
 
 
+@contextmanager
+def counting(runner, method: str):
+    """Counts the calls of `runner.<method>` while the block runs -> {"n": calls so far}."""
+    calls = {"n": 0}
+    original = getattr(runner, method)
+
+    def counted(batch):
+        calls["n"] += 1
+        return original(batch)
+
+    setattr(runner, method, counted)
+    try:
+        yield calls
+    finally:
+        delattr(runner, method)
+
+
 def run(engine, defer: bool, stagger: bool = False):
     """Generate three requests -> {id: [(forwards launched at delivery, output)]}, the forward count.
 
     With `stagger`, request "c" is submitted only after two steps, so it joins a running batch."""
     engine.defer_delivery = defer
-    forwards = {"n": 0}
-    execute = engine.runner.execute
+    with counting(engine.runner, "execute") as forwards:
+        return _generate_three(engine, defer, stagger, forwards)
 
-    def counting(batch):
-        forwards["n"] += 1
-        return execute(batch)
 
-    engine.runner.execute = counting
+def _generate_three(engine, defer: bool, stagger: bool, forwards: dict):
     seen: dict[str, list] = {}
     requests = []
     for i, (request_id, length) in enumerate(LENGTHS.items()):
@@ -41,18 +56,15 @@ def run(engine, defer: bool, stagger: bool = False):
 
         ids = engine.tokenizer(PROMPTS[i]).input_ids
         requests.append(engine.make_request(ids, params, request_id=f"{request_id}-{defer}", sink=sink))
-    try:
-        if stagger:
-            for request in requests[:2]:
-                engine.submit(request)
-            engine._apply_commands(block=False)
-            engine.step()
-            engine.step()
-            engine.generate(requests[2:])
-        else:
-            engine.generate(requests)
-    finally:
-        del engine.runner.execute
+    if stagger:
+        for request in requests[:2]:
+            engine.submit(request)
+        engine._apply_commands(block=False)
+        engine.step()
+        engine.step()
+        engine.generate(requests[2:])
+    else:
+        engine.generate(requests)
     return seen, forwards["n"]
 
 
@@ -143,19 +155,9 @@ def test_a_sink_that_raises_costs_only_its_own_output(engine, defer):
     ids = engine.tokenizer(PROMPTS[0]).input_ids
     a = engine.make_request(ids, params, request_id=f"a-{defer}", sink=failing_once)
     b = engine.make_request(ids, params, request_id=f"b-{defer}", sink=outputs["b"].append)
-    runs = {"n": 0}
-    run = engine.runner.run
-
-    def counting(batch):
-        runs["n"] += 1
-        return run(batch)
-
-    engine.runner.run = counting
     steps = engine.num_steps
-    try:
+    with counting(engine.runner, "run") as runs:
         engine.generate([a, b])
-    finally:
-        del engine.runner.run
     assert runs["n"] == engine.num_steps - steps == 4  # no step was re-run one request at a time
     assert len(outputs["b"]) == 4 and outputs["b"][-1].finished
     assert len(outputs["a"]) == 3 and outputs["a"][-1].finished
