@@ -344,27 +344,27 @@ class Engine:
             outputs += self._fail_requests([request], own_error)
         return outputs
 
-    def _count_blameless(self, error: Exception) -> list[RequestOutput]:
-        """A step failed whole and passed request by request: after _MAX_CONSECUTIVE_FAILURES such steps
-        (or failed ones) in a row, the engine stops serving."""
-        self._consecutive_failures += 1
-        if self._consecutive_failures < _MAX_CONSECUTIVE_FAILURES:
-            return []
-        logger.error("engine steps keep failing whole (%s: %s); stopping", type(error).__name__, error)
-        self.fatal_error = f"{type(error).__name__}: {error}"
-        return self._fail_requests(list(self._requests.values()), error)
-
-    def _fail_batch(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
-        """Fail the batch's requests; after _MAX_CONSECUTIVE_FAILURES such steps in a row, every
-        request, and the engine stops serving."""
-        logger.error("engine step failed", exc_info=error)
+    def _count_failure(self, error: Exception) -> bool:
+        """One more step in a row with no request to blame; True once there are
+        _MAX_CONSECUTIVE_FAILURES of them, when the engine stops serving."""
         self._consecutive_failures += 1
         if self._consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
             self.fatal_error = f"{type(error).__name__}: {error}"
-        requests = [row.request for row in batch.rows]
-        if self.fatal_error:
-            requests = list(self._requests.values())
-        return self._fail_requests(requests, error)
+        return self.fatal_error is not None
+
+    def _count_blameless(self, error: Exception) -> list[RequestOutput]:
+        """A step failed whole and passed request by request: it counts as a failed step."""
+        if not self._count_failure(error):
+            return []
+        logger.error("engine steps keep failing whole (%s: %s); stopping", type(error).__name__, error)
+        return self._fail_requests(list(self._requests.values()), error)
+
+    def _fail_batch(self, batch: ScheduledBatch, error: Exception) -> list[RequestOutput]:
+        """Fail the batch's requests; when the engine stops serving (see _count_failure), every request."""
+        logger.error("engine step failed", exc_info=error)
+        if self._count_failure(error):
+            return self._fail_requests(list(self._requests.values()), error)
+        return self._fail_requests([row.request for row in batch.rows], error)
 
     def _fail_requests(self, requests: list[Request], error: Exception) -> list[RequestOutput]:
         outputs = []
