@@ -101,15 +101,13 @@ def chat_options(body, trust_request_template: bool = False) -> ChatOptions:
     used only by a server started with --trust-request-chat-template; as in current vLLM, one inside
     `chat_template_kwargs` is used when the `chat_template` field is not set."""
     kwargs = dict(body.chat_template_kwargs or {})
-    if not trust_request_template and (
-        body.chat_template is not None or kwargs.get("chat_template") is not None
-    ):
+    in_kwargs = kwargs.pop("chat_template", None)
+    if not trust_request_template and (body.chat_template is not None or in_kwargs is not None):
         raise validation_error(
             "`chat_template` is not accepted: this server does not render chat templates sent with a "
             "request (start it with --trust-request-chat-template to allow them)"
         )
-    own_template = body.chat_template or kwargs.pop("chat_template", None)
-    kwargs.pop("chat_template", None)
+    own_template = body.chat_template or in_kwargs
     refused = [key for key in _REFUSED_KWARGS if key in kwargs]
     if refused:
         raise validation_error(f"`chat_template_kwargs` cannot set {', '.join(map(repr, refused))}")
