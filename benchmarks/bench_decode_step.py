@@ -88,19 +88,22 @@ def decode_steps(
         tokens = torch.randint(3, vocab, (prompt_len,), generator=generator).tolist()
         location = engine.adapters.locate(adapters[i % len(adapters)], None) if adapters else None
         requests.append(engine.make_request(tokens, params, adapter=location))
-    for request in requests:
-        engine.submit(request)
-    engine._apply_commands(block=False)
     times = []
-    while engine.scheduler.has_work:
+    step = engine.step
+
+    def timed_step():
         decoding = all(r.num_output_tokens >= 1 for r in requests)
         started = time.perf_counter()
-        engine.step()
-        took = time.perf_counter() - started
-        if not engine.last_step_ran:
-            engine._apply_commands(block=True)
-        elif decoding:
-            times.append((took, timer.last))
+        outputs = step()
+        if decoding and engine.last_step_ran:
+            times.append((time.perf_counter() - started, timer.last))
+        return outputs
+
+    engine.step = timed_step  # Engine.generate drives the steps; this times each one
+    try:
+        engine.generate(requests)
+    finally:
+        del engine.step
     return times[1:]  # the first decode step may still replay a graph for the first time
 
 

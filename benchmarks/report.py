@@ -49,7 +49,7 @@ def _serving_command(report: dict[str, Any]) -> str:
         return command
     if options["budget_s"] != config.budget_s:
         command += f" --budget {options['budget_s']:g}"
-    if options.get("threads", config.threads) != config.threads:
+    if options["threads"] != config.threads:
         command += f" --threads {options['threads']}"
     extra = options["server_args"][len(config.server_args) :]
     return command + "".join(f" --server-arg={arg}" for arg in extra)

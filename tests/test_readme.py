@@ -43,6 +43,7 @@ def test_a_serving_result_names_the_options_it_ran_under():
     results = json.loads((ROOT / "benchmarks/results/serving_gpu.json").read_text())
     results["options"] = {
         "budget_s": 520.0,
+        "threads": 2,
         "server_args": [
             "--max-batch-total-tokens",
             "32768",
@@ -53,10 +54,14 @@ def test_a_serving_result_names_the_options_it_ran_under():
     }
     line = report.serving_section(results)[-3]
     assert (
-        "Reproduce: `python -m benchmarks.bench_serving --config gpu --budget 520 --server-arg=--no-cuda-graphs`"
-        in line
+        "Reproduce: `python -m benchmarks.bench_serving --config gpu --budget 520 --threads 2 "
+        "--server-arg=--no-cuda-graphs`" in line
     )
-    results["options"] = {"budget_s": 225.0, "server_args": results["options"]["server_args"][:4]}
+    results["options"] = {
+        "budget_s": 225.0,
+        "server_args": results["options"]["server_args"][:4],
+        "threads": None,
+    }
     assert (
         "Reproduce: `python -m benchmarks.bench_serving --config gpu`." in report.serving_section(results)[-3]
     )
