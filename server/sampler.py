@@ -17,6 +17,8 @@ import torch
 from .request import Request
 
 _MASK64 = (1 << 64) - 1
+# Width of the column blocks `row_argmax` reduces on CPU first.
+ARGMAX_BLOCK = 128
 
 
 def _splitmix64(x: int) -> int:
@@ -166,6 +168,34 @@ class SampleResult:
     top_logprobs: torch.Tensor | None = None
 
 
+def row_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> [B] int64, each row's first index of its largest value, NaN counting as the
+    largest: exactly `logits.argmax(dim=1)`.
+
+    On CPU that argmax runs a scalar loop that keeps an index with every comparison (about 2.5 ms for
+    [32, 32000] float32 on one core), while `amax` is vectorised (0.15 ms). So with k = V // W blocks
+    of W = ARGMAX_BLOCK columns: m[b, j] = amax of block j; the first block holding the row's
+    maximum, j* = argmax_j m[b, j] over k values; then the first index of it inside block j*, W values.
+    Columns past k W (V not a multiple of W) are a tail that wins only when strictly larger, or NaN
+    where the blocks have none. Ties and NaN resolve to the first index, as argmax does.
+    """
+    rows, vocab = logits.shape
+    blocks = vocab // ARGMAX_BLOCK
+    if logits.device.type != "cpu" or blocks < 2:
+        return logits.argmax(dim=1)
+    head = logits[:, : blocks * ARGMAX_BLOCK].unflatten(1, (blocks, ARGMAX_BLOCK))
+    block = head.amax(dim=2).argmax(dim=1)
+    row_index = torch.arange(rows)
+    index = block * ARGMAX_BLOCK + head[row_index, block].argmax(dim=1)
+    if blocks * ARGMAX_BLOCK == vocab:
+        return index
+    tail = logits[:, blocks * ARGMAX_BLOCK :]
+    tail_index = tail.argmax(dim=1) + blocks * ARGMAX_BLOCK
+    best, challenger = logits[row_index, index], logits[row_index, tail_index]
+    tail_wins = (challenger > best) | (challenger.isnan() & ~best.isnan())
+    return torch.where(tail_wins, tail_index, index)
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
     """logits [B, V] float32 -> the chosen tokens and their log-probabilities (+ top-n alternatives).
 
@@ -173,7 +203,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
     and after the warpers for sampling rows).
     """
     logits = apply_penalties(logits, batch)
-    tokens = logits.argmax(dim=1)
+    tokens = row_argmax(logits)
     if batch.any_sampling:
         warped = apply_warpers(logits, batch)
         probs = warped.softmax(dim=1)

@@ -13,7 +13,14 @@ from transformers.generation.logits_process import (
 )
 
 from loraplex.server.request import Request, SamplingParams
-from loraplex.server.sampler import SamplingBatch, apply_penalties, apply_warpers, sample, uniform_for
+from loraplex.server.sampler import (
+    SamplingBatch,
+    apply_penalties,
+    apply_warpers,
+    row_argmax,
+    sample,
+    uniform_for,
+)
 
 VOCAB = 50
 
@@ -127,3 +134,25 @@ def test_seeded_row_draws_the_same_token_whatever_the_batch():
     busy_logits = torch.cat([logits[1:], logits[:1]])
     busy = sample(busy_logits, SamplingBatch.build([*company, target], VOCAB, torch.device("cpu"))).tokens
     assert busy[-1] == alone[0]
+
+
+@pytest.mark.parametrize("vocab", [5, 255, 256, 300, 32000, 32001])
+def test_row_argmax_is_torch_argmax_with_ties_nan_and_infinities(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    # Values from a small set, so rows hold many ties, some across block borders.
+    logits = torch.randint(-3, 3, (12, vocab), generator=generator).float()
+    logits[1] = -math.inf  # nothing but -inf: index 0
+    logits[2, vocab // 2 :] = 7.0  # the maximum first reached mid-row, then repeated
+    logits[3, -1] = 9.0  # the maximum in the last column (the tail when V % 128 != 0)
+    logits[4, -1] = math.nan  # NaN counts as the largest...
+    logits[5, vocab // 3] = math.nan  # ...and the first NaN wins
+    logits[5, -1] = math.nan
+    logits[6, 0] = math.inf
+    logits[6, -1] = math.inf  # ties at +inf: the first
+    logits[7] = 1.5  # one long tie: index 0
+    got = row_argmax(logits)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, logits.argmax(dim=1))
+    # Views (not contiguous) give the same answer.
+    wide = torch.cat([logits, logits], 1)[:, :vocab]
+    assert torch.equal(row_argmax(wide), logits.argmax(dim=1))
