@@ -55,6 +55,18 @@ def local_server(
 
     On exit the server gets SIGINT (uvicorn's clean shutdown), then SIGKILL after 30 s.
     """
+    with local_server_process(args, log_path, timeout, env) as (url, _):
+        yield url
+
+
+@contextmanager
+def local_server_process(
+    args: Sequence[str],
+    log_path: Path | None = None,
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`local_server`, yielding (base URL, the server's process) for callers that watch the process."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
@@ -70,7 +82,7 @@ def local_server(
         except RuntimeError as error:
             tail = Path(log_path).read_text()[-2000:] if log_path else ""
             raise RuntimeError(f"{error}\n{tail}") from error
-        yield url
+        yield url, process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)

@@ -39,6 +39,8 @@ class ServerSettings:
     adapter_label_limit: int = 100
     chat_template: str | None = None  # --chat-template: stands in for the base model's
     trust_request_chat_template: bool = False
+    event_loop: str | None = None  # what `serve` runs uvicorn with, for /info (router/http_stack.py)
+    http_protocol: str | None = None
 
 
 def package_version() -> str:
@@ -88,7 +90,7 @@ def create_app(
 
     @app.get("/info")
     async def info(request: Request) -> JSONResponse:
-        return JSONResponse(_info(request.app.state.client))
+        return JSONResponse(_info(request.app.state.client, request.app.state.settings))
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -125,7 +127,7 @@ _NOT_APPLICABLE = (
 )  # fmt: skip
 
 
-def _info(client: EngineClient) -> dict:
+def _info(client: EngineClient, settings: ServerSettings) -> dict:
     body: dict = {
         "status": client.status.value,
         "router": "loraplex",
@@ -161,6 +163,8 @@ def _info(client: EngineClient) -> dict:
         max_lora_rank=info.max_lora_rank,
         cuda_graphs=info.cuda_graphs,
         gil_switch_interval_ms=round(sys.getswitchinterval() * 1000, 6),
+        event_loop=settings.event_loop,
+        http_protocol=settings.http_protocol,
         adapters=engine.adapters.tier_counts(),
     )
     return body

@@ -10,6 +10,8 @@ import sys
 
 from loraplex.server.config import ConfigError, EngineConfig
 
+from .http_stack import EVENT_LOOPS, HTTP_PROTOCOLS
+
 logger = logging.getLogger("loraplex")
 
 
@@ -63,6 +65,18 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_non_negative_float,
         default=30.0,
         help="seconds SIGTERM waits for running requests",
+    )
+    http.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", *EVENT_LOOPS],
+        help="the event loop (auto: uvloop where it is installed, as uvicorn chooses)",
+    )
+    http.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", *HTTP_PROTOCOLS],
+        help="the HTTP/1.1 implementation (auto: httptools where it is installed)",
     )
     http.add_argument(
         "--gil-switch-interval-ms",
@@ -239,6 +253,7 @@ def serve(args: argparse.Namespace) -> None:
     from .auth import read_api_keys
     from .chat_template import load_server_template
     from .draining import DrainingServer
+    from .http_stack import resolve as resolve_stack
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -257,6 +272,12 @@ def serve(args: argparse.Namespace) -> None:
     except (ConfigError, ModelLoadError) as error:
         fail(str(error))
 
+    try:
+        event_loop = resolve_stack(args.loop, EVENT_LOOPS)
+        http_protocol = resolve_stack(args.http, HTTP_PROTOCOLS)
+    except ValueError as error:
+        fail(f"--loop/--http: {error}")
+
     chat_template = None
     if args.chat_template is not None:
         try:
@@ -274,6 +295,8 @@ def serve(args: argparse.Namespace) -> None:
             adapter_label_limit=args.metrics_adapter_label_limit,
             chat_template=chat_template,
             trust_request_chat_template=args.trust_request_chat_template,
+            event_loop=event_loop,
+            http_protocol=http_protocol,
         )
     except OSError as error:
         fail(f"--api-key-file: {error}")
@@ -289,7 +312,14 @@ def serve(args: argparse.Namespace) -> None:
             server.should_exit = True
 
     app = create_app(lambda: Engine(config), settings, on_load_failure)
-    uvicorn_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        loop=event_loop,
+        http=http_protocol,
+    )
     server = DrainingServer(uvicorn_config, app.state.client, args.shutdown_timeout)
     if demo:
         logger.info(

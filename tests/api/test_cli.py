@@ -91,8 +91,13 @@ def test_impossible_limits(llama_dir):
     assert result.returncode != 0 and "Traceback" not in result.stderr
 
 
-def test_serve_starts_logs_a_summary_and_generates(llama_dir):
-    process, url = start_server(llama_dir)
+@pytest.mark.parametrize(
+    ("flags", "loop", "http"),
+    [((), "uvloop", "httptools"), (("--loop", "asyncio", "--http", "h11"), "asyncio", "h11")],
+    ids=["default", "asyncio-h11"],
+)
+def test_serve_starts_logs_a_summary_and_generates(llama_dir, flags, loop, http):
+    process, url = start_server(llama_dir, *flags)
     try:
         response = httpx.post(
             url + "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}}
@@ -101,6 +106,7 @@ def test_serve_starts_logs_a_summary_and_generates(llama_dir):
         info = httpx.get(url + "/info").json()
         assert info["architecture"] == "LlamaForCausalLM" and info["max_batch_total_tokens"] == 4096
         assert info["gil_switch_interval_ms"] == 0.5  # not Python's 5 ms
+        assert (info["event_loop"], info["http_protocol"]) == (loop, http)
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
@@ -135,10 +141,13 @@ def start_server(model_dir, *extra: str) -> tuple[subprocess.Popen, str]:
     return spawn_serve("--model-id", str(model_dir), "--max-batch-total-tokens", "4096", *extra)
 
 
-def test_sigterm_drains_running_streams_then_exits_zero(llama_dir):
+@pytest.mark.parametrize(
+    "flags", [(), ("--loop", "asyncio", "--http", "h11")], ids=["default", "asyncio-h11"]
+)
+def test_sigterm_drains_running_streams_then_exits_zero(llama_dir, flags):
     import signal
 
-    process, url = start_server(llama_dir, "--shutdown-timeout", "60")
+    process, url = start_server(llama_dir, "--shutdown-timeout", "60", *flags)
     try:
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 200, "ignore_eos_token": True}}
         with httpx.stream("POST", url + "/generate_stream", json=body, timeout=60) as response:
@@ -208,6 +217,12 @@ def test_a_key_file_without_keys_refuses_to_start(tmp_path, llama_dir, content):
     keys.write_text(content)
     result = run_cli("serve", "--model-id", str(llama_dir), "--api-key-file", str(keys))
     assert_one_clear_line(result, "--api-key-file", "no key in it")
+
+
+def test_an_unknown_event_loop_is_refused_at_start():
+    result = run_cli("serve", "--loop", "trio")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--loop: invalid choice: 'trio'" in result.stderr
 
 
 @pytest.mark.parametrize(

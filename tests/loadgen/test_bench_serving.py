@@ -137,3 +137,53 @@ def test_decode_step_benchmark_times_the_engine_without_http(tmp_path, monkeypat
     assert steps["2"]["lora_cost_ms"] == pytest.approx(steps["2"]["step_ms"] - steps["0"]["step_ms"])
     assert steps["2"]["floor_ms"] > steps["1"]["floor_ms"] > steps["0"]["floor_ms"]  # adapter bytes
     assert "LoRA cost ms" in bench_decode_step.table(report)
+
+
+def test_thread_cpu_seconds_tells_the_main_thread_from_the_others():
+    import threading
+    import time
+
+    from benchmarks.bench_http_stack import thread_cpu_seconds
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    main_before, others_before = thread_cpu_seconds(os.getpid())
+    spin(0.3)
+    main_mid, others_mid = thread_cpu_seconds(os.getpid())
+    spun, release = threading.Event(), threading.Event()
+
+    def work() -> None:
+        spin(0.3)
+        spun.set()
+        release.wait()  # an ended thread leaves /proc, and its time with it
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    spun.wait()
+    main_after, others_after = thread_cpu_seconds(os.getpid())
+    release.set()
+    worker.join()
+    assert main_mid - main_before >= 0.25 and others_mid - others_before < 0.1
+    assert others_after - others_mid >= 0.25 and main_after - main_mid < 0.1
+
+
+def test_http_stack_benchmark_serves_each_stack_it_names(tmp_path, monkeypatch):
+    from benchmarks import bench_http_stack
+
+    monkeypatch.setattr(bench_serving, "work_dir", lambda needed: tmp_path / "work")
+    report = bench_http_stack.measure_stacks(rounds=2, requests=6, concurrency=3, new_tokens=4)
+    assert list(report["runs"]) == ["asyncio + h11", "uvloop + httptools"]
+    for name, runs in report["runs"].items():
+        assert len(runs) == 2
+        for run in runs:
+            assert run["served_with"] == name.split(" + ")  # /info of the server that ran it
+            assert run["failed"] == 0 and run["generated_tokens"] == 6 * 4
+            assert run["event_loop_cpu_us_per_token"] > 0 and run["other_threads_cpu_us_per_token"] > 0
+        assert report["medians"][name]["output_tokens_per_s"] == pytest.approx(
+            (runs[0]["output_tokens_per_s"] + runs[1]["output_tokens_per_s"]) / 2
+        )
+    plain, fast = (report["medians"][name]["event_loop_cpu_us_per_token"] for name in report["runs"])
+    assert report["event_loop_cpu_ratio"] == pytest.approx(fast / plain)
