@@ -1,15 +1,17 @@
 """The HTTP side's CPU time per streamed token, for each event loop and HTTP/1.1 implementation.
 
     python -m benchmarks.bench_http_stack                # 3 rounds of each stack
-    python -m benchmarks.bench_http_stack --rounds 1 --requests 64 --out /tmp/http_stack.json
+    python -m benchmarks.bench_http_stack --rounds 1 --requests 32 --out /tmp/http_stack.json
 
 `loraplex serve` runs uvicorn with uvloop and httptools where they are installed, else with asyncio's
-own event loop and h11 (`--loop`, `--http`). This benchmark serves a tiny random Llama (hidden 64, two
-layers, float32 on CPU: the engine's share stays small) to 64 concurrent streaming clients (LoRAX
-`/generate_stream`, 16 prompt and 64 new tokens each, the load generator's closed loop) and reads
-from /proc how much CPU time the server's main thread, where uvicorn's event loop runs, and its other
-threads (the engine) spend per streamed token over the timed run. The two stacks alternate, one
-fresh server per round, `--rounds` times; each keeps its median round.
+own event loop and h11 (`--loop`, `--http`). This benchmark serves the CPU serving configuration's
+llama-58m (float32, one torch thread) to 32 concurrent streaming clients (LoRAX `/generate_stream`,
+16 prompt and 32 new tokens each, the load generator's closed loop) and reads from /proc how much CPU
+time the server's main thread, where uvicorn's event loop runs, and its other threads (the engine;
+threads that end during the run take their time with them) spend per streamed token over the timed
+run. The two stacks alternate, one fresh server per round, `--rounds` times; each keeps its medians.
+A model that small on two cores would stream faster than the load generator, sharing those cores,
+reads: tokens would reach it in bursts, and each stack's numbers would move with the client's.
 
 What to read: the event loop's CPU time per token. On a GPU that time is taken from the engine thread,
 which needs the GIL to launch the next step; here, on CPU, the engine thread is the bottleneck and
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_serving import prepare_model
-from benchmarks.bench_serving_configs import TINY_GPU
+from benchmarks.bench_serving_configs import CONFIGS, BenchConfig
 from benchmarks.bench_serving_runs import serve_args
 from loraplex.loadgen.arrivals import Arrivals
 from loraplex.loadgen.lengths import LengthDist
@@ -43,7 +45,7 @@ from loraplex.loadgen.workload import WorkloadSpec
 RESULTS = Path(__file__).parent / "results"
 # (--loop, --http): the pure-Python pair first, the peer the C pair is compared with
 STACKS = (("asyncio", "h11"), ("uvloop", "httptools"))
-CONCURRENCY, PROMPT_TOKENS, NEW_TOKENS = 64, 16, 64
+CONCURRENCY, PROMPT_TOKENS, NEW_TOKENS = 32, 16, 32
 MEASURED = (
     "output_tokens_per_s",
     "itl_p50_ms",
@@ -95,10 +97,13 @@ def one_round(loop: str, http: str, args: list[str], spec: WorkloadSpec, log: Pa
 
 
 def measure_stacks(
-    rounds: int, requests: int, concurrency: int = CONCURRENCY, new_tokens: int = NEW_TOKENS
+    rounds: int,
+    requests: int,
+    concurrency: int = CONCURRENCY,
+    new_tokens: int = NEW_TOKENS,
+    config: BenchConfig = CONFIGS["cpu"],
 ) -> dict:
     """Every stack `rounds` times, alternating -> the report (runs, medians, event-loop CPU ratio)."""
-    config = TINY_GPU
     torch.set_num_threads(1)
     model_dir, root, _, shape = prepare_model(config)
     args = [*serve_args(config, model_dir, root), "--max-batch-size", str(concurrency)]
@@ -150,7 +155,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=384, help="timed requests per round")
+    parser.add_argument("--requests", type=int, default=128, help="timed requests per round")
     parser.add_argument("--out", type=Path, default=RESULTS / "http_stack_cpu.json")
     args = parser.parse_args()
     report = measure_stacks(args.rounds, args.requests)

@@ -302,12 +302,44 @@ def decode_step_section(report: dict[str, Any]) -> list[str]:
     return [*lines, "", _provenance(report, command)]
 
 
+def http_stack_section(report: dict[str, Any]) -> list[str]:
+    work = report["workload"]
+    lines = [
+        "### The event loop's CPU time per streamed token (CPU)",
+        "",
+        f"{report['model']}; {work['requests']} streaming requests ({work['route']}, "
+        f"{work['prompt_tokens']} prompt and {work['new_tokens']} new tokens), {work['concurrency']} at "
+        f"a time; the median of {work['rounds']} rounds per stack, each a fresh server, the stacks "
+        "alternating. CPU time from /proc: the server's main thread runs uvicorn's event loop, its "
+        "other threads are mostly the engine's. On a GPU the event loop's time is taken from the "
+        "engine thread through the GIL; here the engine thread is the bottleneck.",
+        "",
+        "| event loop + HTTP | event loop CPU (µs/token) | other threads (µs/token) | tokens/s | ITL p50 (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, median in report["medians"].items():
+        label = f"{name} (default)" if name.startswith("uvloop") else name
+        lines.append(
+            f"| {label} | {median['event_loop_cpu_us_per_token']:.0f} | "
+            f"{median['other_threads_cpu_us_per_token']:.0f} | {median['output_tokens_per_s']:.0f} | "
+            f"{median['itl_p50_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        f"uvloop + httptools: {report['event_loop_cpu_ratio']:.2f}x the event loop's CPU time per token "
+        "of asyncio + h11.",
+    ]
+    command = f"python -m benchmarks.bench_http_stack --rounds {work['rounds']} --requests {work['requests']}"
+    return [*lines, "", _provenance(report, command)]
+
+
 def render() -> str:
     sections = [
         ("engine_vs_transformers_cpu.json", engine_section),
         ("adapters_cpu.json", adapters_section),
         ("serving_cpu.json", serving_section),
         ("decode_step_cpu.json", decode_step_section),
+        ("http_stack_cpu.json", http_stack_section),
         ("adapters_cuda.json", adapters_section),
         ("serving_gpu.json", serving_section),
         ("decode_step_gpu.json", decode_step_section),

@@ -174,7 +174,9 @@ def test_http_stack_benchmark_serves_each_stack_it_names(tmp_path, monkeypatch):
     from benchmarks import bench_http_stack
 
     monkeypatch.setattr(bench_serving, "work_dir", lambda needed: tmp_path / "work")
-    report = bench_http_stack.measure_stacks(rounds=2, requests=6, concurrency=3, new_tokens=4)
+    report = bench_http_stack.measure_stacks(
+        rounds=2, requests=6, concurrency=3, new_tokens=4, config=TINY_GPU
+    )
     assert list(report["runs"]) == ["asyncio + h11", "uvloop + httptools"]
     for name, runs in report["runs"].items():
         assert len(runs) == 2
