@@ -35,24 +35,29 @@ def uniform_for(seed: int, step: int) -> float:
 
 @dataclass
 class SamplingBatch:
-    """The sampling parameters of B rows as tensors, plus host flags that let us skip unused stages."""
+    """The sampling parameters of B rows as tensors, plus host flags that let us skip unused stages.
 
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
-    typical_p: torch.Tensor
-    repetition_penalty: torch.Tensor
-    frequency_penalty: torch.Tensor
-    presence_penalty: torch.Tensor
-    sampling: torch.Tensor
-    uniforms: torch.Tensor
-    all_tokens: torch.Tensor | None
-    output_tokens: torch.Tensor | None
-    max_top_k: int
-    max_top_n: int
+    Only the tensors a stage uses are built: the warpers' and the draw's (temperature .. uniforms)
+    when a row samples, each penalty's when a row sets it; None otherwise. A greedy batch without
+    penalties, the common case, builds none and copies nothing to the device.
+    """
+
     any_sampling: bool
-    any_top_p: bool
-    any_typical_p: bool
+    max_top_k: int = 0
+    max_top_n: int = 0
+    any_top_p: bool = False
+    any_typical_p: bool = False
+    temperature: torch.Tensor | None = None
+    top_k: torch.Tensor | None = None
+    top_p: torch.Tensor | None = None
+    typical_p: torch.Tensor | None = None
+    sampling: torch.Tensor | None = None
+    uniforms: torch.Tensor | None = None
+    repetition_penalty: torch.Tensor | None = None
+    all_tokens: torch.Tensor | None = None
+    frequency_penalty: torch.Tensor | None = None
+    presence_penalty: torch.Tensor | None = None
+    output_tokens: torch.Tensor | None = None
 
     @classmethod
     def build(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -61,35 +66,31 @@ class SamplingBatch:
         def floats(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)
 
+        sampling = [p.sampling for p in params]
+        batch = cls(any_sampling=any(sampling), max_top_n=max((p.top_n_tokens for p in params), default=0))
+        if batch.any_sampling:
+            batch.max_top_k = max((p.top_k for p in params if p.sampling), default=0)
+            batch.any_top_p = any(p.sampling and p.top_p < 1.0 for p in params)
+            batch.any_typical_p = any(p.sampling and p.typical_p < 1.0 for p in params)
+            batch.temperature = floats([p.temperature if p.sampling else 1.0 for p in params])
+            batch.top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64).to(
+                device, non_blocking=True
+            )
+            batch.top_p = floats([p.top_p for p in params])
+            batch.typical_p = floats([p.typical_p for p in params])
+            batch.sampling = torch.tensor(sampling, dtype=torch.bool).to(device, non_blocking=True)
+            batch.uniforms = floats([uniform_for(r.seed, r.num_output_tokens) for r in requests])
         repetition = [p.repetition_penalty for p in params]
+        if any(v != 1.0 for v in repetition):
+            batch.repetition_penalty = floats(repetition)
+            batch.all_tokens = _pad([r.token_ids for r in requests], vocab_size, device)
         frequency = [p.frequency_penalty for p in params]
         presence = [p.presence_penalty for p in params]
-        all_tokens = output_tokens = None
-        if any(v != 1.0 for v in repetition):
-            all_tokens = _pad([r.token_ids for r in requests], vocab_size, device)
         if any(v != 0.0 for v in frequency) or any(v != 0.0 for v in presence):
-            output_tokens = _pad([r.output_token_ids for r in requests], vocab_size, device)
-        sampling = [p.sampling for p in params]
-        return cls(
-            temperature=floats([p.temperature if p.sampling else 1.0 for p in params]),
-            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64).to(device, non_blocking=True),
-            top_p=floats([p.top_p for p in params]),
-            typical_p=floats([p.typical_p for p in params]),
-            repetition_penalty=floats(repetition),
-            frequency_penalty=floats(frequency),
-            presence_penalty=floats(presence),
-            sampling=torch.tensor(sampling, dtype=torch.bool).to(device, non_blocking=True),
-            uniforms=torch.tensor(
-                [uniform_for(r.seed, r.num_output_tokens) for r in requests], dtype=torch.float32
-            ).to(device, non_blocking=True),
-            all_tokens=all_tokens,
-            output_tokens=output_tokens,
-            max_top_k=max((p.top_k for p in params if p.sampling), default=0),
-            max_top_n=max((p.top_n_tokens for p in params), default=0),
-            any_sampling=any(sampling),
-            any_top_p=any(p.sampling and p.top_p < 1.0 for p in params),
-            any_typical_p=any(p.sampling and p.typical_p < 1.0 for p in params),
-        )
+            batch.frequency_penalty = floats(frequency)
+            batch.presence_penalty = floats(presence)
+            batch.output_tokens = _pad([r.output_token_ids for r in requests], vocab_size, device)
+        return batch
 
 
 def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:

@@ -94,6 +94,31 @@ def test_greedy_rows_take_the_argmax_and_report_its_logprob():
     assert result.top_ids is None
 
 
+def built(batch: SamplingBatch) -> set[str]:
+    return {name for name, value in vars(batch).items() if isinstance(value, torch.Tensor)}
+
+
+def test_a_batch_builds_only_the_tensors_its_rows_use():
+    device = torch.device("cpu")
+    greedy = [make_request(SamplingParams(top_n_tokens=2)) for _ in range(3)]
+    assert built(SamplingBatch.build(greedy, VOCAB, device)) == set()  # nothing to copy to the device
+    repeating = [*greedy, make_request(SamplingParams(repetition_penalty=1.3))]
+    assert built(SamplingBatch.build(repeating, VOCAB, device)) == {"repetition_penalty", "all_tokens"}
+    present = [*greedy, make_request(SamplingParams(presence_penalty=0.5))]
+    assert built(SamplingBatch.build(present, VOCAB, device)) == {
+        "frequency_penalty",
+        "presence_penalty",
+        "output_tokens",
+    }
+    drawing = [*greedy, make_request(SamplingParams(do_sample=True, temperature=0.7))]
+    batch = SamplingBatch.build(drawing, VOCAB, device)
+    assert built(batch) == {"temperature", "top_k", "top_p", "typical_p", "sampling", "uniforms"}
+    assert batch.sampling.tolist() == [False, False, False, True]
+    # The greedy rows of a drawing batch still take the argmax.
+    logits = torch.randn(4, VOCAB)
+    assert torch.equal(sample(logits, batch).tokens[:3], logits[:3].argmax(dim=1))
+
+
 def test_top_n_alternatives_are_the_most_likely_tokens():
     logits = torch.randn(3, VOCAB)
     requests = [make_request(SamplingParams(top_n_tokens=n)) for n in (0, 2, 5)]
