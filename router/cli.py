@@ -272,11 +272,13 @@ def serve(args: argparse.Namespace) -> None:
     except (ConfigError, ModelLoadError) as error:
         fail(str(error))
 
-    try:
-        event_loop = resolve_stack(args.loop, EVENT_LOOPS)
-        http_protocol = resolve_stack(args.http, HTTP_PROTOCOLS)
-    except ValueError as error:
-        fail(f"--loop/--http: {error}")
+    chosen = {}
+    for flag, choice, options in (("--loop", args.loop, EVENT_LOOPS), ("--http", args.http, HTTP_PROTOCOLS)):
+        try:
+            chosen[flag] = resolve_stack(choice, options)
+        except ValueError as error:
+            fail(f"{flag}: {error}")
+    event_loop, http_protocol = chosen["--loop"], chosen["--http"]
 
     chat_template = None
     if args.chat_template is not None:

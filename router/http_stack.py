@@ -9,18 +9,23 @@ uvicorn does, and asyncio and h11 (pure Python, always there) elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 EVENT_LOOPS = ("uvloop", "asyncio")
 HTTP_PROTOCOLS = ("httptools", "h11")
 
 
 def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    """Whether `module` imports (as uvicorn tells, so a broken install counts as missing)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def resolve(choice: str, options: tuple[str, ...]) -> str:
-    """ "auto" -> the first of `options` that is installed; a named one must be installed.
+    """Resolve "auto" to the first of `options` that is installed; a named one must be installed.
 
     Raises ValueError for a named choice that is not installed (or not one of `options`).
     """

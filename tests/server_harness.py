@@ -23,7 +23,9 @@ from loraplex.server.engine import Engine
 LORAPLEX = str(Path(sys.executable).with_name("loraplex"))
 
 
-def spawn_serve(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+def spawn_serve(
+    *args: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """`loraplex serve ARGS` as a user starts it, on a free port; returns once /health says ready."""
     port = free_port()
     process = subprocess.Popen(
@@ -31,6 +33,7 @@ def spawn_serve(*args: str, timeout: float = 90) -> tuple[subprocess.Popen, str]
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

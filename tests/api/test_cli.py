@@ -1,6 +1,7 @@
 """`loraplex serve` as a user runs it: clear one-line failures, and a startup summary when it works."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -217,6 +218,25 @@ def test_a_key_file_without_keys_refuses_to_start(tmp_path, llama_dir, content):
     keys.write_text(content)
     result = run_cli("serve", "--model-id", str(llama_dir), "--api-key-file", str(keys))
     assert_one_clear_line(result, "--api-key-file", "no key in it")
+
+
+def test_without_uvloop_auto_serves_with_asyncio_and_naming_it_is_refused(tmp_path, llama_dir):
+    (tmp_path / "uvloop.py").write_text("raise ImportError('not on this machine')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [LORAPLEX, "serve", "--model-id", str(llama_dir), "--loop", "uvloop"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert_one_clear_line(result, "--loop: uvloop is not installed (pip install uvloop)")
+    process, url = spawn_serve("--model-id", str(llama_dir), env=env)
+    try:
+        assert httpx.get(url + "/info").json()["event_loop"] == "asyncio"
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
 
 
 def test_an_unknown_event_loop_is_refused_at_start():
