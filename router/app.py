@@ -39,8 +39,7 @@ class ServerSettings:
     adapter_label_limit: int = 100
     chat_template: str | None = None  # --chat-template: stands in for the base model's
     trust_request_chat_template: bool = False
-    event_loop: str | None = None  # what `serve` runs uvicorn with, for /info (router/http_stack.py)
-    http_protocol: str | None = None
+    http_protocol: str | None = None  # what `serve` runs uvicorn with, for /info (router/http_stack.py)
 
 
 def package_version() -> str:
@@ -163,7 +162,7 @@ def _info(client: EngineClient, settings: ServerSettings) -> dict:
         max_lora_rank=info.max_lora_rank,
         cuda_graphs=info.cuda_graphs,
         gil_switch_interval_ms=round(sys.getswitchinterval() * 1000, 6),
-        event_loop=settings.event_loop,
+        event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop or asyncio
         http_protocol=settings.http_protocol,
         adapters=engine.adapters.tier_counts(),
     )

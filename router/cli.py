@@ -297,7 +297,6 @@ def serve(args: argparse.Namespace) -> None:
             adapter_label_limit=args.metrics_adapter_label_limit,
             chat_template=chat_template,
             trust_request_chat_template=args.trust_request_chat_template,
-            event_loop=event_loop,
             http_protocol=http_protocol,
         )
     except OSError as error:
