@@ -55,16 +55,21 @@ MEASURED = (
 
 
 def thread_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(main thread, all other threads) CPU seconds, user + system, of process `pid` so far."""
+    """(main thread, all other threads) CPU seconds of process `pid` so far, from each thread's
+    schedstat (nanoseconds on the CPU), else its stat (user + system, in clock ticks of 10 ms)."""
     tick = os.sysconf("SC_CLK_TCK")
     main = others = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
+        task = Path(f"/proc/{pid}/task/{tid}")
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:  # the thread ended
+            try:
+                seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
+            except FileNotFoundError:  # a kernel without schedstat
+                stat = (task / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold spaces
+                seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold spaces
-        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         if int(tid) == pid:
             main += seconds
         else:

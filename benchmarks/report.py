@@ -318,7 +318,7 @@ def http_stack_section(report: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for name, median in report["medians"].items():
-        label = f"{name} (default)" if name.startswith("uvloop") else name
+        label = f"{name} (default)" if name == "uvloop + httptools" else name  # `serve`'s where installed
         lines.append(
             f"| {label} | {median['event_loop_cpu_us_per_token']:.0f} | "
             f"{median['other_threads_cpu_us_per_token']:.0f} | {median['output_tokens_per_s']:.0f} | "

@@ -66,7 +66,10 @@ def local_server_process(
     timeout: float = 300.0,
     env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`local_server`, yielding (base URL, the server's process) for callers that watch the process."""
+    """`local_server`, yielding (base URL, the server's process) for callers that watch the process.
+
+    On exit the server gets SIGINT (uvicorn's clean shutdown), then SIGKILL after 30 s.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below

@@ -39,7 +39,6 @@ class ServerSettings:
     adapter_label_limit: int = 100
     chat_template: str | None = None  # --chat-template: stands in for the base model's
     trust_request_chat_template: bool = False
-    http_protocol: str | None = None  # what `serve` runs uvicorn with, for /info (router/http_stack.py)
 
 
 def package_version() -> str:
@@ -89,7 +88,7 @@ def create_app(
 
     @app.get("/info")
     async def info(request: Request) -> JSONResponse:
-        return JSONResponse(_info(request.app.state.client, request.app.state.settings))
+        return JSONResponse(_info(request))
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -126,7 +125,8 @@ _NOT_APPLICABLE = (
 )  # fmt: skip
 
 
-def _info(client: EngineClient, settings: ServerSettings) -> dict:
+def _info(http_request: Request) -> dict:
+    client: EngineClient = http_request.app.state.client
     body: dict = {
         "status": client.status.value,
         "router": "loraplex",
@@ -163,7 +163,7 @@ def _info(client: EngineClient, settings: ServerSettings) -> dict:
         cuda_graphs=info.cuda_graphs,
         gil_switch_interval_ms=round(sys.getswitchinterval() * 1000, 6),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop or asyncio
-        http_protocol=settings.http_protocol,
+        http_protocol=getattr(http_request.app.state, "http_protocol", None),  # set by `serve`
         adapters=engine.adapters.tier_counts(),
     )
     return body

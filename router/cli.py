@@ -7,6 +7,7 @@ import argparse
 import logging
 import socket
 import sys
+from typing import NoReturn
 
 from loraplex.server.config import ConfigError, EngineConfig
 
@@ -203,7 +204,17 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def fail(message: str) -> None:
+def _resolved_stack(flag: str, choice: str, options: tuple[str, ...]) -> str:
+    """`--loop`/`--http`'s choice resolved (router/http_stack.py), or a one-line failure."""
+    from .http_stack import resolve
+
+    try:
+        return resolve(choice, options)
+    except ValueError as error:
+        fail(f"{flag}: {error}")
+
+
+def fail(message: str) -> NoReturn:
     print(f"loraplex: error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -253,7 +264,7 @@ def serve(args: argparse.Namespace) -> None:
     from .auth import read_api_keys
     from .chat_template import load_server_template
     from .draining import DrainingServer
-    from .http_stack import resolve as resolve_stack
+    from .http_stack import protocol_name
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -272,13 +283,8 @@ def serve(args: argparse.Namespace) -> None:
     except (ConfigError, ModelLoadError) as error:
         fail(str(error))
 
-    chosen = {}
-    for flag, choice, options in (("--loop", args.loop, EVENT_LOOPS), ("--http", args.http, HTTP_PROTOCOLS)):
-        try:
-            chosen[flag] = resolve_stack(choice, options)
-        except ValueError as error:
-            fail(f"{flag}: {error}")
-    event_loop, http_protocol = chosen["--loop"], chosen["--http"]
+    event_loop = _resolved_stack("--loop", args.loop, EVENT_LOOPS)
+    http_protocol = _resolved_stack("--http", args.http, HTTP_PROTOCOLS)
 
     chat_template = None
     if args.chat_template is not None:
@@ -297,7 +303,6 @@ def serve(args: argparse.Namespace) -> None:
             adapter_label_limit=args.metrics_adapter_label_limit,
             chat_template=chat_template,
             trust_request_chat_template=args.trust_request_chat_template,
-            http_protocol=http_protocol,
         )
     except OSError as error:
         fail(f"--api-key-file: {error}")
@@ -321,6 +326,8 @@ def serve(args: argparse.Namespace) -> None:
         loop=event_loop,
         http=http_protocol,
     )
+    uvicorn_config.load()  # resolves the HTTP protocol class now (uvicorn skips loading again)
+    app.state.http_protocol = protocol_name(uvicorn_config.http_protocol_class)
     server = DrainingServer(uvicorn_config, app.state.client, args.shutdown_timeout)
     if demo:
         logger.info(

@@ -36,3 +36,8 @@ def resolve(choice: str, options: tuple[str, ...]) -> str:
     if not installed(choice):
         raise ValueError(f"{choice} is not installed (pip install {choice})")
     return choice
+
+
+def protocol_name(protocol_class: type) -> str:
+    """uvicorn's HTTP protocol class -> "httptools" or "h11" (from its module, `..._impl`)."""
+    return protocol_class.__module__.rsplit(".", 1)[-1].removesuffix("_impl")

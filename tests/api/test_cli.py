@@ -222,7 +222,10 @@ def test_a_key_file_without_keys_refuses_to_start(tmp_path, llama_dir, content):
 
 def test_without_uvloop_auto_serves_with_asyncio_and_naming_it_is_refused(tmp_path, llama_dir):
     (tmp_path / "uvloop.py").write_text("raise ImportError('not on this machine')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    }
     result = subprocess.run(
         [LORAPLEX, "serve", "--model-id", str(llama_dir), "--loop", "uvloop"],
         capture_output=True,
@@ -233,7 +236,8 @@ def test_without_uvloop_auto_serves_with_asyncio_and_naming_it_is_refused(tmp_pa
     assert_one_clear_line(result, "--loop: uvloop is not installed (pip install uvloop)")
     process, url = spawn_serve("--model-id", str(llama_dir), env=env)
     try:
-        assert httpx.get(url + "/info").json()["event_loop"] == "asyncio"
+        info = httpx.get(url + "/info").json()
+        assert (info["event_loop"], info["http_protocol"]) == ("asyncio", "httptools")
     finally:
         process.terminate()
         process.communicate(timeout=30)
