@@ -1,23 +1,28 @@
 """The HTTP side's CPU time per streamed token, for each event loop and HTTP/1.1 implementation.
 
-    python -m benchmarks.bench_http_stack                # 3 rounds of each stack
+    python -m benchmarks.bench_http_stack                    # llama-58m, 3 rounds of each stack
+    python -m benchmarks.bench_http_stack --workload tiny    # a tiny model at a GPU-like token rate
     python -m benchmarks.bench_http_stack --rounds 1 --requests 32 --out /tmp/http_stack.json
 
 `loraplex serve` runs uvicorn with uvloop and httptools where they are installed, else with asyncio's
-own event loop and h11 (`--loop`, `--http`). This benchmark serves the CPU serving configuration's
-llama-58m (float32, one torch thread) to 32 concurrent streaming clients (LoRAX `/generate_stream`,
-16 prompt and 32 new tokens each, the load generator's closed loop) and reads from /proc how much CPU
-time the server's main thread, where uvicorn's event loop runs, and its other threads (the engine;
-threads that end during the run take their time with them) spend per streamed token over the timed
-run. The two stacks alternate, one fresh server per round, `--rounds` times; each keeps its medians.
-A model that small on two cores would stream faster than the load generator, sharing those cores,
-reads: tokens would reach it in bursts, and each stack's numbers would move with the client's.
+own event loop and h11 (`--loop`, `--http`). This benchmark streams from a server to concurrent
+clients (LoRAX `/generate_stream`, 16 prompt tokens each, the load generator's closed loop) and reads
+from /proc how much CPU time the server's main thread, where uvicorn's event loop runs, and its other
+threads (the engine; threads that end during the run take their time with them) spend per streamed
+token over the timed run. The two stacks alternate, one fresh server per round, `--rounds` times;
+each keeps its medians. Two workloads (float32 on CPU, one torch thread):
+
+- `cpu`: the CPU serving configuration's llama-58m, 32 streams of 32 new tokens, a few hundred
+  tokens/s, which the load generator reads as they come.
+- `tiny`: tiny Llama shapes (hidden 64, two layers), 64 streams of 64 new tokens, about two thousand
+  tokens/s, the rate of a GPU server, at which a load generator sharing two cores with the server
+  reads tokens in bursts: its ITL and tokens/s measure the client as much as the server.
 
 What to read: the event loop's CPU time per token. On a GPU that time is taken from the engine thread,
 which needs the GIL to launch the next step; here, on CPU, the engine thread is the bottleneck and
 throughput is shown for completeness. Linux only (/proc).
 
-Results: benchmarks/results/http_stack_cpu.json.
+Results: benchmarks/results/http_stack_<workload>.json.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_serving import prepare_model
-from benchmarks.bench_serving_configs import CONFIGS, BenchConfig
+from benchmarks.bench_serving_configs import CONFIGS, TINY_GPU, BenchConfig
 from benchmarks.bench_serving_runs import serve_args
 from loraplex.loadgen.arrivals import Arrivals
 from loraplex.loadgen.lengths import LengthDist
@@ -45,7 +50,21 @@ from loraplex.loadgen.workload import WorkloadSpec
 RESULTS = Path(__file__).parent / "results"
 # (--loop, --http): the pure-Python pair first, the peer the C pair is compared with
 STACKS = (("asyncio", "h11"), ("uvloop", "httptools"))
-CONCURRENCY, PROMPT_TOKENS, NEW_TOKENS = 32, 16, 32
+PROMPT_TOKENS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    config: BenchConfig
+    concurrency: int
+    new_tokens: int
+    requests: int
+
+
+WORKLOADS = {
+    "cpu": Workload(CONFIGS["cpu"], concurrency=32, new_tokens=32, requests=128),
+    "tiny": Workload(TINY_GPU, concurrency=64, new_tokens=64, requests=384),
+}
 MEASURED = (
     "output_tokens_per_s",
     "itl_p50_ms",
@@ -101,14 +120,10 @@ def one_round(loop: str, http: str, args: list[str], spec: WorkloadSpec, log: Pa
     }
 
 
-def measure_stacks(
-    rounds: int,
-    requests: int,
-    concurrency: int = CONCURRENCY,
-    new_tokens: int = NEW_TOKENS,
-    config: BenchConfig = CONFIGS["cpu"],
-) -> dict:
+def measure_stacks(rounds: int, name: str, workload: Workload) -> dict:
     """Every stack `rounds` times, alternating -> the report (runs, medians, event-loop CPU ratio)."""
+    config, concurrency = workload.config, workload.concurrency
+    new_tokens, requests = workload.new_tokens, workload.requests
     torch.set_num_threads(1)
     model_dir, root, _, shape = prepare_model(config)
     args = [*serve_args(config, model_dir, root), "--max-batch-size", str(concurrency)]
@@ -142,6 +157,7 @@ def measure_stacks(
         "environment": environment("cpu") | {"torch_threads": 1},
         "model": config.model,
         "workload": {
+            "name": name,
             "requests": requests,
             "concurrency": concurrency,
             "prompt_tokens": PROMPT_TOKENS,
@@ -159,15 +175,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=128, help="timed requests per round")
-    parser.add_argument("--out", type=Path, default=RESULTS / "http_stack_cpu.json")
+    parser.add_argument("--requests", type=int, default=None, help="timed requests per round")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/http_stack_<workload>.json")
     args = parser.parse_args()
-    report = measure_stacks(args.rounds, args.requests)
+    workload = WORKLOADS[args.workload]
+    if args.requests:
+        workload = dataclasses.replace(workload, requests=args.requests)
+    report = measure_stacks(args.rounds, args.workload, workload)
     print(
         f"event loop CPU per token, uvloop + httptools / asyncio + h11: {report['event_loop_cpu_ratio']:.2f}"
     )
-    print(write_report(args.out, report))
+    print(write_report(args.out or RESULTS / f"http_stack_{args.workload}.json", report))
 
 
 if __name__ == "__main__":

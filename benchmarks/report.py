@@ -305,7 +305,7 @@ def decode_step_section(report: dict[str, Any]) -> list[str]:
 def http_stack_section(report: dict[str, Any]) -> list[str]:
     work = report["workload"]
     lines = [
-        "### The event loop's CPU time per streamed token (CPU)",
+        f"### The event loop's CPU time per streamed token (CPU, {work.get('name', 'cpu')} workload)",
         "",
         f"{report['model']}; {work['requests']} streaming requests ({work['route']}, "
         f"{work['prompt_tokens']} prompt and {work['new_tokens']} new tokens), {work['concurrency']} at "
@@ -329,7 +329,10 @@ def http_stack_section(report: dict[str, Any]) -> list[str]:
         f"uvloop + httptools: {report['event_loop_cpu_ratio']:.2f}x the event loop's CPU time per token "
         "of asyncio + h11.",
     ]
-    command = f"python -m benchmarks.bench_http_stack --rounds {work['rounds']} --requests {work['requests']}"
+    command = (
+        f"python -m benchmarks.bench_http_stack --workload {work.get('name', 'cpu')} "
+        f"--rounds {work['rounds']} --requests {work['requests']}"
+    )
     return [*lines, "", _provenance(report, command)]
 
 
@@ -340,6 +343,7 @@ def render() -> str:
         ("serving_cpu.json", serving_section),
         ("decode_step_cpu.json", decode_step_section),
         ("http_stack_cpu.json", http_stack_section),
+        ("http_stack_tiny.json", http_stack_section),
         ("adapters_cuda.json", adapters_section),
         ("serving_gpu.json", serving_section),
         ("decode_step_gpu.json", decode_step_section),

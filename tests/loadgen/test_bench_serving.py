@@ -139,44 +139,59 @@ def test_decode_step_benchmark_times_the_engine_without_http(tmp_path, monkeypat
     assert "LoRA cost ms" in bench_decode_step.table(report)
 
 
+SPINNER = """
+import sys, threading, time
+
+def spin(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+def step(name):  # say where we are, then wait for the go-ahead (a thread that ends leaves /proc)
+    print(name, flush=True)
+    sys.stdin.readline()
+
+step("ready")
+spin(0.3)
+step("main spun")
+worker = threading.Thread(target=lambda: (spin(0.3), step("worker spun")))
+worker.start()
+worker.join()
+"""
+
+
 def test_thread_cpu_seconds_tells_the_main_thread_from_the_others():
-    import threading
-    import time
+    import subprocess
+    import sys
 
     from benchmarks.bench_http_stack import thread_cpu_seconds
 
-    def spin(seconds: float) -> None:
-        end = time.thread_time() + seconds
-        while time.thread_time() < end:
-            pass
-
-    main_before, others_before = thread_cpu_seconds(os.getpid())
-    spin(0.3)
-    main_mid, others_mid = thread_cpu_seconds(os.getpid())
-    spun, release = threading.Event(), threading.Event()
-
-    def work() -> None:
-        spin(0.3)
-        spun.set()
-        release.wait()  # an ended thread leaves /proc, and its time with it
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    spun.wait()
-    main_after, others_after = thread_cpu_seconds(os.getpid())
-    release.set()
-    worker.join()
-    assert main_mid - main_before >= 0.25 and others_mid - others_before < 0.1
-    assert others_after - others_mid >= 0.25 and main_after - main_mid < 0.1
+    # A process of its own: the test process may have busy threads of its own.
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPINNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    samples = []
+    try:
+        for expected in ("ready", "main spun", "worker spun"):
+            assert child.stdout.readline().strip() == expected
+            samples.append(thread_cpu_seconds(child.pid))
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+    (main0, others0), (main1, others1), (main2, others2) = samples
+    assert main1 - main0 >= 0.25 and others1 - others0 < 0.1
+    assert others2 - others1 >= 0.25 and main2 - main1 < 0.1
 
 
 def test_http_stack_benchmark_serves_each_stack_it_names(tmp_path, monkeypatch):
     from benchmarks import bench_http_stack
 
     monkeypatch.setattr(bench_serving, "work_dir", lambda needed: tmp_path / "work")
-    report = bench_http_stack.measure_stacks(
-        rounds=2, requests=6, concurrency=3, new_tokens=4, config=TINY_GPU
-    )
+    workload = bench_http_stack.Workload(TINY_GPU, concurrency=3, new_tokens=4, requests=6)
+    report = bench_http_stack.measure_stacks(2, "tiny", workload)
+    assert report["workload"]["name"] == "tiny" and report["workload"]["concurrency"] == 3
     assert list(report["runs"]) == ["asyncio + h11", "uvloop + httptools"]
     for name, runs in report["runs"].items():
         assert len(runs) == 2
