@@ -312,7 +312,13 @@ def http_stack_section(report: dict[str, Any]) -> list[str]:
         f"a time; the median of {work['rounds']} rounds per stack, each a fresh server, the stacks "
         "alternating. CPU time from /proc: the server's main thread runs uvicorn's event loop, its "
         "other threads are mostly the engine's. On a GPU the event loop's time is taken from the "
-        "engine thread through the GIL; here the engine thread is the bottleneck.",
+        "engine thread through the GIL; here the engine thread is the bottleneck."
+        + (
+            " At this rate the load generator, on the same two cores, reads tokens in bursts: its "
+            "ITL and tokens/s measure the client as much as the server."
+            if work.get("name") == "tiny"
+            else ""
+        ),
         "",
         "| event loop + HTTP | event loop CPU (µs/token) | other threads (µs/token) | tokens/s | ITL p50 (ms) |",
         "|---|---:|---:|---:|---:|",
