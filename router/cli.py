@@ -71,13 +71,13 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         default="auto",
         choices=["auto", *EVENT_LOOPS],
-        help="the event loop (auto: uvloop where it is installed, as uvicorn chooses)",
+        help="the event loop (auto: uvloop where it is installed, as uvicorn chooses; /info names it)",
     )
     http.add_argument(
         "--http",
         default="auto",
         choices=["auto", *HTTP_PROTOCOLS],
-        help="the HTTP/1.1 implementation (auto: httptools where it is installed)",
+        help="the HTTP/1.1 implementation (auto: httptools where it is installed; /info names it)",
     )
     http.add_argument(
         "--gil-switch-interval-ms",
@@ -204,12 +204,12 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def _resolved_stack(flag: str, choice: str, options: tuple[str, ...]) -> str:
-    """`--loop`/`--http`'s choice resolved (router/http_stack.py), or a one-line failure."""
-    from .http_stack import resolve
+def _check_stack(flag: str, choice: str) -> None:
+    """A named `--loop`/`--http` that does not import ends `serve` with one line."""
+    from .http_stack import check_installed
 
     try:
-        return resolve(choice, options)
+        check_installed(choice)
     except ValueError as error:
         fail(f"{flag}: {error}")
 
@@ -283,8 +283,8 @@ def serve(args: argparse.Namespace) -> None:
     except (ConfigError, ModelLoadError) as error:
         fail(str(error))
 
-    event_loop = _resolved_stack("--loop", args.loop, EVENT_LOOPS)
-    http_protocol = _resolved_stack("--http", args.http, HTTP_PROTOCOLS)
+    _check_stack("--loop", args.loop)
+    _check_stack("--http", args.http)
 
     chat_template = None
     if args.chat_template is not None:
@@ -323,8 +323,8 @@ def serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        loop=event_loop,
-        http=http_protocol,
+        loop=args.loop,
+        http=args.http,
     )
     uvicorn_config.load()  # resolves the HTTP protocol class now (uvicorn skips loading again)
     app.state.http_protocol = protocol_name(uvicorn_config.http_protocol_class)

@@ -1,30 +1,24 @@
-"""Choosing the event loop and HTTP implementation that `serve` runs uvicorn with."""
+"""`serve --loop/--http`: a named choice must import; /info names uvicorn's protocol class."""
 
 import pytest
 
 from loraplex.router import http_stack
-from loraplex.router.http_stack import EVENT_LOOPS, HTTP_PROTOCOLS, resolve
 
 
-def test_auto_takes_the_c_implementations_where_installed():
-    pytest.importorskip("uvloop")  # not installed on Windows, Cygwin or PyPy
-    assert resolve("auto", EVENT_LOOPS) == "uvloop"  # a dependency of the package
-    assert resolve("auto", HTTP_PROTOCOLS) == "httptools"
+def test_a_named_choice_must_import(monkeypatch):
+    http_stack.check_installed("auto")  # uvicorn's to resolve
+    http_stack.check_installed("h11")
+    real_import = http_stack.importlib.import_module
 
+    def without_uvloop(name):
+        if name == "uvloop":
+            raise ImportError("hidden")
+        return real_import(name)
 
-def test_auto_falls_back_to_the_pure_python_ones(monkeypatch):
-    monkeypatch.setattr(http_stack, "installed", lambda module: module in ("asyncio", "h11"))
-    assert resolve("auto", EVENT_LOOPS) == "asyncio"
-    assert resolve("auto", HTTP_PROTOCOLS) == "h11"
-
-
-def test_a_named_choice_must_be_installed(monkeypatch):
-    assert resolve("h11", HTTP_PROTOCOLS) == "h11"
-    monkeypatch.setattr(http_stack, "installed", lambda module: module != "uvloop")
+    monkeypatch.setattr(http_stack.importlib, "import_module", without_uvloop)
     with pytest.raises(ValueError, match=r"uvloop is not installed \(pip install uvloop\)"):
-        resolve("uvloop", EVENT_LOOPS)
-    with pytest.raises(ValueError, match="not one of"):
-        resolve("trio", EVENT_LOOPS)
+        http_stack.check_installed("uvloop")
+    http_stack.check_installed("asyncio")
 
 
 def test_protocol_names_come_from_uvicorns_classes():
