@@ -65,6 +65,7 @@ WORKLOADS = {
     "cpu": Workload(CONFIGS["cpu"], concurrency=32, new_tokens=32, requests=128),
     "tiny": Workload(TINY_GPU, concurrency=64, new_tokens=64, requests=384),
 }
+_SCHEDSTAT = Path("/proc/self/schedstat").exists()
 MEASURED = (
     "output_tokens_per_s",
     "itl_p50_ms",
@@ -73,20 +74,22 @@ MEASURED = (
 )
 
 
+def _task_cpu_seconds(task: Path) -> float:
+    """One thread's CPU seconds: its schedstat (nanoseconds on the CPU) where the kernel keeps one,
+    else its stat (user + system, in clock ticks of 10 ms)."""
+    if _SCHEDSTAT:
+        return int((task / "schedstat").read_text().split()[0]) / 1e9
+    stat = (task / "stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def thread_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(main thread, all other threads) CPU seconds of process `pid` so far, from each thread's
-    schedstat (nanoseconds on the CPU), else its stat (user + system, in clock ticks of 10 ms)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """(main thread, all other threads) CPU seconds of process `pid` so far."""
     main = others = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
-        task = Path(f"/proc/{pid}/task/{tid}")
         try:
-            try:
-                seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
-            except FileNotFoundError:  # a kernel without schedstat
-                stat = (task / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold spaces
-                seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            seconds = _task_cpu_seconds(Path(f"/proc/{pid}/task/{tid}"))
         except (FileNotFoundError, ProcessLookupError):  # the thread ended
             continue
         if int(tid) == pid:
