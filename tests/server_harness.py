@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from loraplex.loadgen.server import free_port, wait_healthy
 from loraplex.router.app import ServerSettings, create_app
 from loraplex.server.config import EngineConfig
 from loraplex.server.engine import Engine
@@ -36,17 +36,12 @@ def spawn_serve(
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {process.stdout.read()}")
-        time.sleep(0.2)
+    try:
+        wait_healthy(url, process, timeout)
+    except RuntimeError as error:
+        process.kill()
+        pytest.fail(f"{error}: {process.stdout.read()}")
+    return process, url
 
 
 def post_json(url: str, body: dict) -> httpx.Response:
@@ -54,12 +49,6 @@ def post_json(url: str, body: dict) -> httpx.Response:
     \\u escape (what a client in another language may send; httpx itself refuses both)."""
     content = json.dumps(body).encode()
     return httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RunningServer:
